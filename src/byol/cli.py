@@ -1,0 +1,190 @@
+"""``byol`` command line: pretrain, config, evaluation, export, benchmark.
+
+Bad input ends with one line naming the file or key and the fix, exit code 2, and no
+traceback (``--debug`` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+EXIT_BAD_INPUT = 2
+
+PRETRAIN_EPILOG = """examples:
+  byol pretrain --config fmnist_quick --out runs/fmnist_quick
+  byol pretrain --config byol_resnet50_16xb256-coslr-200e_in1k --data /data/imagenet --out runs/in1k
+  byol pretrain --config fmnist_quick --set train.epochs=5 --set optim.base_lr=2.0
+  byol pretrain --config runs/fmnist_quick/config.yaml --resume runs/fmnist_quick
+  torchrun --nproc_per_node 8 -m byol pretrain --config byol_resnet50_8xb32-accum16-coslr-200e_in1k --data /data/imagenet
+"""
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    sets = list(args.set or [])
+    if getattr(args, "data", None):
+        sets.append(f"data.path={args.data}")
+    if getattr(args, "source", None):
+        sets.append(f"data.source={args.source}")
+    if getattr(args, "out", None):
+        sets.append(f"log.out_dir={args.out}")
+    if getattr(args, "epochs", None):
+        sets.append(f"train.epochs={args.epochs}")
+    if getattr(args, "device", None):
+        sets.append(f"train.device={args.device}")
+    return sets
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import os
+
+    from .config import load_config
+    from .engine import pretrain
+
+    cfg = load_config(args.config, _overrides(args))
+    rank0 = os.environ.get("RANK", "0") == "0"
+    result = pretrain(cfg, resume=args.resume)
+    if rank0:
+        if result.get("interrupted"):
+            return 130
+        print(
+            f"done: {result['steps']} steps in {result['wall_s']:.0f} s, final loss "
+            f"{result['final_loss']:.4f}; checkpoint {result['last']}"
+        )
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    from .config import config_from_dict, dump_yaml, load_config
+
+    if args.checkpoint:
+        from .checkpoint import load_checkpoint
+
+        cfg = config_from_dict(load_checkpoint(args.checkpoint)["config"], args.checkpoint)
+    else:
+        cfg = load_config(args.config, _overrides(args))
+    print(dump_yaml(cfg), end="")
+    return 0
+
+
+def cmd_config_list(args: argparse.Namespace) -> int:  # noqa: ARG001
+    from .config import load_config, preset_names
+
+    for name in preset_names():
+        c = load_config(name)
+        print(
+            f"{name:55s} {c.model.arch:10s} {c.augment.image_size:4d}px "
+            f"{c.train.epochs:5d}e  batch {c.train.batch_size}x{c.train.accumulate}  "
+            f"base lr {c.optim.base_lr:g}  tau {c.train.tau_base:g}"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="byol",
+        description="BYOL self-supervised pretraining and mmselfsup's evaluation suite.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `byol COMMAND --help` for each command's options and examples.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain an encoder with BYOL",
+        epilog=PRETRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", "-c", default=None,
+                   help="preset name (`byol config list`) or YAML file")
+    p.add_argument("--data", help="dataset file or folder (sets data.path)")
+    p.add_argument("--source", help="dataset reader (sets data.source): folder, idx, cifar10, ...")
+    p.add_argument("--out", help="run folder for checkpoints and logs (sets log.out_dir)")
+    p.add_argument("--epochs", type=int, help="sets train.epochs")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (sets train.device)")
+    p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set optim.base_lr=0.3 (repeatable)")
+    p.add_argument("--resume", metavar="PATH",
+                   help="checkpoint file, or run folder whose newest checkpoint to continue")
+    p.set_defaults(func=cmd_pretrain)
+
+    c = sub.add_parser("config", help="show presets and resolved configs")
+    csub = c.add_subparsers(dest="config_command", metavar="ACTION")
+    cs = csub.add_parser(
+        "show",
+        help="print the resolved config (preset/YAML + overrides) as YAML",
+        epilog="examples:\n  byol config show --config fmnist_quick --set train.epochs=3\n"
+        "  byol config show --checkpoint runs/fmnist_quick/last.pt",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cs.add_argument("--config", "-c", default=None, help="preset name or YAML file")
+    cs.add_argument("--checkpoint", help="print the config stored in a checkpoint instead")
+    cs.add_argument("--set", "-s", action="append", metavar="KEY=VALUE")
+    cs.set_defaults(func=cmd_config_show)
+    cl = csub.add_parser("list", help="list the shipped presets",
+                         epilog="example:\n  byol config list",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    cl.set_defaults(func=cmd_config_list)
+
+    try:
+        from .cli_eval import add_commands
+    except ImportError:  # the evaluation suite is optional at import time only while building
+        add_commands = None
+    if add_commands is not None:
+        add_commands(sub)
+    try:
+        from .bench import add_commands as add_bench
+    except ImportError:
+        add_bench = None
+    if add_bench is not None:
+        add_bench(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_BAD_INPUT
+    _setup_logging(False)
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .engine import TrainingError
+
+    known: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, TrainingError)
+    try:
+        from .data import DataError
+
+        known += (DataError,)
+    except ImportError:
+        pass
+    try:
+        return int(args.func(args) or 0)
+    except known as e:
+        if args.debug:
+            raise
+        print(f"byol: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FileNotFoundError as e:
+        if args.debug:
+            raise
+        print(f"byol: error: {e.filename or e}: no such file or folder", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("byol: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""Every setting of a pretraining run, in one typed tree.
+
+A config is loaded from YAML (a file or a preset shipped in ``byol/configs``), then ``--set
+key.path=value`` overrides are applied, then it is validated. Unknown keys, ill-typed values and
+impossible values raise :class:`ConfigError` naming the key, the source and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, ill-typed or impossible. The message names the key and the fix."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50"  # resnet18..wide_resnet101_2, or timm:<name>
+    in_chans: int = 3
+    small_stem: bool = False  # 3x3 stride-1 conv, no max-pool: for 28-64 px images
+    width: int = 64  # first-stage channels (64 = torchvision)
+    proj_hidden_dim: int = 4096
+    proj_dim: int = 256
+    pred_hidden_dim: int = 4096
+    sync_bn: bool = True  # SyncBatchNorm when more than one process trains
+
+
+@dataclass
+class ViewConfig:
+    """One of BYOL's two augmentation pipelines (paper, appendix B)."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 1.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_frac: float = 0.1  # kernel side ~ this fraction of the image side (23 at 224 px)
+    solarize_p: float = 0.0
+
+
+def _view2() -> ViewConfig:
+    return ViewConfig(blur_p=0.1, solarize_p=0.2)
+
+
+@dataclass
+class AugmentConfig:
+    image_size: int = 224
+    interpolation: str = "bicubic"  # bicubic (paper) or bilinear (faster)
+    view1: ViewConfig = field(default_factory=ViewConfig)
+    view2: ViewConfig = field(default_factory=_view2)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from. ``source`` picks the reader; ``path`` is its file or folder."""
+
+    source: str = "folder"  # folder | unlabeled_folder | idx | fashion_mnist | mnist | cifar10 | cifar100 | stl10 | numpy | synthetic
+    path: str = ""
+    split: str = "train"
+    val_split: str = "test"  # labeled split for the kNN monitor and evaluations
+    in_memory: bool | None = None  # None: in memory when the decoded set fits in max_memory_gb
+    max_memory_gb: float = 8.0
+    load_size: int = 0  # folder sources held in memory are resized to this side (0: image_size)
+    num_workers: int = 8
+    strict: bool = False  # unreadable images: error instead of skip-with-warning
+    synthetic_size: int = 1024  # images in the synthetic source (tests, benchmarks)
+    limit: int = 0  # use only the first N samples (0: all)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"  # lars | sgd | adamw
+    base_lr: float = 0.3  # lr = base_lr * global_batch / 256
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    eta: float = 1e-3  # LARS trust coefficient
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    warmup_epochs: float = 10.0
+    final_lr: float = 0.0
+    exclude_bias_and_norm: bool = True  # from weight decay and LARS adaptation
+    grad_clip: float = 0.0  # 0: off
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 256  # per process
+    accumulate: int = 1  # micro-batches per optimizer step
+    tau_base: float = 0.99
+    tau_final: float = 1.0
+    init_target_from_online: bool = True
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    channels_last: bool | None = None  # None: on where measured faster (CUDA, and CPU)
+    compile: bool = False
+    fuse_views: bool = True  # one forward for both views, BN statistics kept per view
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    deterministic: bool = False
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    steps_per_epoch: int = 0  # 0: len(dataset) // global batch
+    max_steps: int = 0  # stop after this many optimizer steps (0: all epochs)
+
+
+@dataclass
+class LogConfig:
+    out_dir: str = "runs/byol"
+    log_every: int = 20  # optimizer steps between loss/lr/tau logs (the only host syncs)
+    save_every: int = 10  # epochs between checkpoints (and always at the end)
+    keep_last: int = 3
+    knn_every: int = 0  # epochs between kNN monitor runs (0: off)
+    knn_k: int = 20
+    knn_limit: int = 0  # use at most this many train/val samples in the monitor (0: all)
+    tensorboard: bool = True
+    progress: bool = True
+    collapse_warn_std: float = 0.01  # warn when per-dim std of normalised z falls below this / sqrt(d)
+
+
+@dataclass
+class Config:
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+# ----------------------------------------------------------------------------------------------
+# loading, overriding, validating
+
+CHOICES = {
+    "data.source": (
+        "folder",
+        "unlabeled_folder",
+        "idx",
+        "fashion_mnist",
+        "mnist",
+        "cifar10",
+        "cifar100",
+        "stl10",
+        "numpy",
+        "synthetic",
+    ),
+    "optim.name": ("lars", "sgd", "adamw"),
+    "train.precision": ("auto", "bf16", "fp16", "fp32"),
+    "augment.interpolation": ("bicubic", "bilinear"),
+}
+
+
+def _to_plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def preset_names() -> list[str]:
+    files = resources.files("byol") / "configs"
+    return sorted(
+        p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml") and p.name[0] != "_"
+    )
+
+
+def _read_yaml(name_or_path: str) -> tuple[dict[str, Any], str]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text, where = path.read_text(), str(path)
+    else:
+        stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
+        res = resources.files("byol") / "configs" / f"{stem}.yaml"
+        if not res.is_file():
+            raise ConfigError(
+                f"config '{name_or_path}' is neither a YAML file nor a preset. "
+                f"Presets: {', '.join(preset_names())}"
+            )
+        text, where = res.read_text(), f"preset {stem}"
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: the top level must be a mapping of sections")
+    base = raw.pop("_base_", None)
+    if base:
+        parent, _ = _read_yaml(base)
+        raw = _deep_merge(parent, raw)
+    return raw, where
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    origin = get_origin(tp)
+    if origin is Union or (origin is not None and str(origin) == "types.UnionType"):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key, where)
+    if origin is tuple:
+        args = get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key, where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: '{key}' needs {len(args)} values, got {len(value)}")
+        return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not (
+            isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        ):
+            raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-6" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _build(cls: type, raw: dict[str, Any], prefix: str, where: str) -> Any:
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ConfigError(
+            f"{where}: unknown key '{prefix}{key}'. Allowed keys in "
+            f"'{prefix.rstrip('.') or 'top level'}': {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            continue
+        tp, value, key = hints[f.name], raw[f.name], prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: '{key}' must be a mapping of settings")
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else tp()
+            base = _to_plain(dataclasses.asdict(default))
+            kwargs[f.name] = _build(tp, _deep_merge(base, value), key + ".", where)
+        else:
+            kwargs[f.name] = _coerce(value, tp, key, where)
+    return cls(**kwargs)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key.path=value (e.g. optim.base_lr=0.3)")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip().split("."), value
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Preset name or YAML path (or None for defaults), then ``key.path=value`` overrides."""
+    raw: dict[str, Any] = {}
+    where = "defaults"
+    if name_or_path:
+        raw, where = _read_yaml(name_or_path)
+    for item in overrides or []:
+        path, value = _parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a section")
+        node[path[-1]] = value
+    where_all = where + (" with --set overrides" if overrides else "")
+    cfg = _build(Config, raw, "", where_all)
+    validate(cfg, where_all)
+    return cfg
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "checkpoint") -> Config:
+    cfg = _build(Config, raw, "", where)
+    validate(cfg, where)
+    return cfg
+
+
+def validate(cfg: Config, where: str = "config") -> None:
+    def bad(key: str, msg: str) -> None:
+        raise ConfigError(f"{where}: '{key}' {msg}")
+
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            bad(key, f"is {value!r}; allowed: {', '.join(allowed)}")
+    t, o, a, m = cfg.train, cfg.optim, cfg.augment, cfg.model
+    if t.batch_size < 1:
+        bad("train.batch_size", f"must be >= 1, got {t.batch_size}")
+    if t.accumulate < 1:
+        bad("train.accumulate", f"must be >= 1, got {t.accumulate}")
+    if t.epochs < 1:
+        bad("train.epochs", f"must be >= 1, got {t.epochs}")
+    for k in ("steps_per_epoch", "max_steps", "threads"):
+        if getattr(t, k) < 0:
+            bad(f"train.{k}", "must be >= 0")
+    if not 0.0 <= t.tau_base <= 1.0:
+        bad("train.tau_base", f"must lie in [0, 1], got {t.tau_base}")
+    if not t.tau_base <= t.tau_final <= 1.0:
+        bad("train.tau_final", f"must lie in [tau_base, 1], got {t.tau_final}")
+    if not (o.base_lr > 0 and math.isfinite(o.base_lr)):
+        bad("optim.base_lr", f"must be a positive number, got {o.base_lr}")
+    if o.weight_decay < 0:
+        bad("optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
+    if not 0 <= o.momentum < 1:
+        bad("optim.momentum", f"must lie in [0, 1), got {o.momentum}")
+    if o.warmup_epochs < 0 or o.warmup_epochs > t.epochs:
+        bad("optim.warmup_epochs", f"must lie in [0, train.epochs={t.epochs}], got {o.warmup_epochs}")
+    if o.eta <= 0:
+        bad("optim.eta", "must be > 0")
+    if a.image_size < 8:
+        bad("augment.image_size", f"must be >= 8 pixels, got {a.image_size}")
+    if len(a.mean) != len(a.std) or any(s <= 0 for s in a.std):
+        bad("augment.std", "needs one positive value per entry of augment.mean")
+    for vname in ("view1", "view2"):
+        v = getattr(a, vname)
+        for pk in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            p = getattr(v, pk)
+            if not 0 <= p <= 1:
+                bad(f"augment.{vname}.{pk}", f"is a probability: must lie in [0, 1], got {p}")
+        lo, hi = v.crop_scale
+        if not 0 < lo <= hi <= 1:
+            bad(f"augment.{vname}.crop_scale", f"must satisfy 0 < min <= max <= 1, got {v.crop_scale}")
+        if not 0 < v.crop_ratio[0] <= v.crop_ratio[1]:
+            bad(f"augment.{vname}.crop_ratio", f"must satisfy 0 < min <= max, got {v.crop_ratio}")
+        if not 0 < v.blur_sigma[0] <= v.blur_sigma[1]:
+            bad(f"augment.{vname}.blur_sigma", f"must satisfy 0 < min <= max, got {v.blur_sigma}")
+        for jk in ("brightness", "contrast", "saturation"):
+            if getattr(v, jk) < 0:
+                bad(f"augment.{vname}.{jk}", "must be >= 0")
+        if not 0 <= v.hue <= 0.5:
+            bad(f"augment.{vname}.hue", f"must lie in [0, 0.5], got {v.hue}")
+    if m.in_chans < 1:
+        bad("model.in_chans", f"must be >= 1, got {m.in_chans}")
+    if len(a.mean) not in (1, m.in_chans):
+        bad("augment.mean", f"needs model.in_chans={m.in_chans} values, got {len(a.mean)}")
+    for k in ("proj_hidden_dim", "proj_dim", "pred_hidden_dim", "width"):
+        if getattr(m, k) < 1:
+            bad(f"model.{k}", "must be >= 1")
+    if cfg.log.keep_last < 1:
+        bad("log.keep_last", "must be >= 1")
+    if cfg.log.log_every < 1:
+        bad("log.log_every", "must be >= 1")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,621 @@
+"""The pretraining loop: one engine for CPU and GPU, one process or many (torchrun + DDP).
+
+Data order and augmentation randomness are pure functions of (seed, epoch, step, micro-batch
+slot), so a resumed run sees exactly the batches the uninterrupted run would have seen, and a
+run on W processes x A accumulation steps sees the same global batch as one process with A*W
+micro-batches. The learning rate and tau are pure functions of the optimiser step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import distributed as du
+from .augment import BYOLAugment
+from .checkpoint import FORMAT, atomic_save, load_checkpoint, load_state_reporting
+from .config import Config, config_from_dict, dump_yaml
+from .models.byol import BYOL, build_byol, tau_schedule
+from .optim import build_optimizer, scaled_lr, warmup_cosine
+
+log = logging.getLogger("byol")
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (diverged loss, unusable resume state). The message says why."""
+
+
+# ----------------------------------------------------------------------------------------------
+# data feeding
+
+
+def _mix(*xs: int) -> int:
+    """A 63-bit seed from integers (splitmix64-style), so nearby inputs give unrelated streams."""
+    h = 0x9E3779B97F4A7C15
+    for x in xs:
+        h ^= (x + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2)) & 0xFFFFFFFFFFFFFFFF
+        h = (h * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(_mix(seed, epoch, 1))
+    return torch.randperm(n, generator=g)
+
+
+class MemoryFeeder:
+    """Batches from a uint8 tensor held on the training device; crops, flips and colour ops
+    are computed there per sample (no DataLoader, no worker processes)."""
+
+    def __init__(self, images: torch.Tensor, augment: BYOLAugment, device: torch.device) -> None:
+        self.images = images.to(device, non_blocking=True)
+        self.augment = augment
+        self.device = device
+        self.generator = torch.Generator(device=device)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def views(self, idx: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.generator.manual_seed(seed)
+        batch = self.images[idx.to(self.device, non_blocking=True)]
+        return self.augment(batch, self.generator)
+
+
+class _SeededViews(torch.utils.data.Dataset):
+    """Seeds the worker's torch RNG from (run seed, epoch, index) before each item, so crops
+    done in DataLoader workers are reproducible and resume exactly."""
+
+    def __init__(self, base, seed: int) -> None:
+        self.base, self.seed = base, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, epoch = key
+        torch.manual_seed(_mix(self.seed, epoch, index, 2))
+        return self.base[index]
+
+
+class FolderFeeder:
+    """Decode + crop + flip in DataLoader workers (fixed-size uint8), pinned non-blocking
+    transfer, colour/blur/solarize on the device."""
+
+    def __init__(self, src, cfg: Config, augment: BYOLAugment, device: torch.device) -> None:
+        from .data import FolderViewsDataset
+
+        v1, v2 = cfg.augment.view1, cfg.augment.view2
+        base = FolderViewsDataset(
+            src,
+            cfg.augment.image_size,
+            crop_scale=(v1.crop_scale, v2.crop_scale),
+            crop_ratio=(v1.crop_ratio, v2.crop_ratio),
+            flip_p=(v1.flip_p, v2.flip_p),
+            interpolation=cfg.augment.interpolation,
+            strict=cfg.data.strict,
+            in_chans=cfg.model.in_chans,
+        )
+        self.dataset = _SeededViews(base, cfg.train.seed)
+        self.cfg, self.augment, self.device = cfg, augment, device
+        self.generator = torch.Generator(device=device)
+        self.n = len(base)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def loader(self, keys: list[tuple[int, int]], batch_size: int):
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=batch_size,
+            sampler=keys,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=False,
+            persistent_workers=False,
+            prefetch_factor=4 if self.cfg.data.num_workers > 0 else None,
+        )
+
+    def finish(self, v1: torch.Tensor, v2: torch.Tensor, seed: int):
+        self.generator.manual_seed(seed)
+        v1 = v1.to(self.device, non_blocking=True)
+        v2 = v2.to(self.device, non_blocking=True)
+        return self.augment.photometric(v1, v2, self.generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class RunState:
+    step: int = 0  # optimiser steps done
+    epoch: int = 0  # epoch in progress (or next)
+    step_in_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _precision(cfg: Config, device: torch.device) -> torch.dtype | None:
+    p = cfg.train.precision
+    if p == "fp32":
+        return None
+    if p == "fp16":
+        return torch.float16
+    if p == "bf16":
+        return torch.bfloat16
+    # auto: bf16 where it is fast (CUDA with bf16, CPUs with AVX-512 BF16 / AMX)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    return None
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 matrix instructions (AVX-512 BF16 or AMX). Elsewhere
+    oneDNN emulates bf16 and autocast is ~10x slower than fp32 (measured: 4 vs 52 images/s on
+    an AVX2-only EPYC), so ``precision: auto`` stays in fp32 there."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class Trainer:
+    """Builds everything a pretraining run needs from a :class:`Config` and runs it."""
+
+    def __init__(self, cfg: Config, resume: str | None = None) -> None:
+        self.cfg = cfg
+        self.dist, self.device = du.init_distributed(cfg.train.device)
+        t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.manual_seed(t.seed)
+        self.out = Path(cfg.log.out_dir)
+        if self.dist.is_main:
+            _ensure_writable(self.out)
+        self.amp_dtype = _precision(cfg, self.device)
+        self.channels_last = t.channels_last if t.channels_last is not None else True
+        self._stop_signal: int | None = None
+        self._saved_step = -1
+
+        self.model = build_byol(cfg.model, t.fuse_views, t.init_target_from_online).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.dist.enabled and cfg.model.sync_bn:
+            self.model.convert_sync_batchnorm()
+            self.model.to(self.device)
+
+        self.global_batch = t.batch_size * t.accumulate * self.dist.world_size
+        self.peak_lr = scaled_lr(cfg.optim.base_lr, self.global_batch)
+        self.optimizer = build_optimizer(
+            [self.model.online, self.model.predictor], cfg.optim, self.peak_lr
+        )
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+
+        self.feeder = self._build_feeder()
+        n = len(self.feeder)
+        self.steps_per_epoch = t.steps_per_epoch or n // self.global_batch
+        if self.steps_per_epoch < 1:
+            raise TrainingError(
+                f"the dataset has {n} images, fewer than one global batch of {self.global_batch} "
+                f"(train.batch_size={t.batch_size} x train.accumulate={t.accumulate} x "
+                f"{self.dist.world_size} processes): lower train.batch_size"
+            )
+        self.total_steps = self.steps_per_epoch * t.epochs
+        self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        self.state = RunState()
+        if resume:
+            self._resume(resume)
+
+        if t.compile:
+            for part in (self.model.online, self.model.predictor, self.model.target):
+                part.compile()
+        if self.dist.enabled:
+            self.ddp: nn.Module = DDP(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )
+        else:
+            self.ddp = self.model
+        self.writer = None
+        if self.dist.is_main and cfg.log.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.out / "tb"))
+            except ImportError:  # pragma: no cover - tensorboard is a dependency
+                log.warning("tensorboard is not installed: no event files")
+        self._knn_data = None
+
+    # -- data ------------------------------------------------------------------------------
+
+    def _build_feeder(self):
+        from .data import ArraySource, open_source
+
+        d, a = self.cfg.data, self.cfg.augment
+        src = open_source(
+            d.source,
+            d.path,
+            d.split,
+            image_size=a.image_size,
+            in_memory=d.in_memory,
+            max_memory_gb=d.max_memory_gb,
+            load_size=d.load_size,
+            strict=d.strict,
+            synthetic_size=d.synthetic_size,
+            limit=d.limit,
+            seed=self.cfg.train.seed,
+        )
+        self.source = src
+        augment = BYOLAugment(a, self.cfg.model.in_chans)
+        if isinstance(src, ArraySource):
+            images = src.images
+            if images.shape[1] != self.cfg.model.in_chans:
+                images = _match_channels(images, self.cfg.model.in_chans, src.name)
+            return MemoryFeeder(images, augment, self.device)
+        return FolderFeeder(src, self.cfg, augment, self.device)
+
+    def _slot_indices(self, perm: torch.Tensor, step_in_epoch: int) -> list[tuple[int, torch.Tensor]]:
+        """This process's micro-batches of one optimiser step: (global slot, indices)."""
+        b, w, acc, r = self.cfg.train.batch_size, self.dist.world_size, self.cfg.train.accumulate, self.dist.rank
+        start = step_in_epoch * self.global_batch
+        out = []
+        for j in range(acc):
+            slot = j * w + r
+            out.append((slot, perm[start + slot * b : start + (slot + 1) * b]))
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            "step_in_epoch": self.state.step_in_epoch,
+            "history": self.state.history,
+            "rng": {"torch": torch.get_rng_state()},
+            "world_size": self.dist.world_size,
+        }
+
+    def save(self) -> Path | None:
+        if not self.dist.is_main:
+            self._saved_step = self.state.step
+            return None
+        self._saved_step = self.state.step
+        path = self.out / f"ckpt_{self.state.step:08d}.pt"
+        atomic_save(self.state_dict(), path)
+        tmp = self.out / ".last.pt.tmp"
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.link(path, tmp)
+        os.replace(tmp, self.out / "last.pt")
+        for old in sorted(self.out.glob("ckpt_*.pt"))[: -self.cfg.log.keep_last]:
+            old.unlink()
+        return path
+
+    def _resume(self, where: str) -> None:
+        path = find_checkpoint(where)
+        ckpt = load_checkpoint(path, map_location=str(self.device))
+        if ckpt.get("format") != FORMAT:
+            raise TrainingError(f"'{path}' is not a byol training checkpoint; cannot resume from it")
+        saved = config_from_dict(ckpt["config"], str(path))
+        if saved.model != self.cfg.model:
+            raise TrainingError(
+                f"'{path}' was trained with other model settings ({saved.model}); resume with the "
+                "same config (it is stored in the checkpoint: `byol config show --checkpoint`)"
+            )
+        load_state_reporting(self.model, ckpt["model"], str(path))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.state = RunState(
+            ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"], list(ckpt.get("history", []))
+        )
+        if self.dist.is_main:
+            log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, self.state.epoch)
+
+    # -- logging ----------------------------------------------------------------------------
+
+    def _record(self, row: dict[str, Any]) -> None:
+        self.state.history.append(row)
+        if not self.dist.is_main:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if k not in ("step", "epoch") and isinstance(v, (int, float)):
+                    self.writer.add_scalar(f"train/{k}" if "knn" not in k else f"eval/{k}", v, row["step"])
+
+    def _knn_monitor(self) -> dict[str, float]:
+        from .eval.features import extract_features
+        from .eval.knn import knn_classify
+
+        from .data import open_source
+
+        d, a = self.cfg.data, self.cfg.augment
+        if self._knn_data is None:
+            kw = dict(image_size=a.image_size, in_memory=d.in_memory, max_memory_gb=d.max_memory_gb,
+                      load_size=d.load_size, strict=d.strict, limit=self.cfg.log.knn_limit,
+                      synthetic_size=d.synthetic_size, seed=self.cfg.train.seed)
+            train_src = open_source(d.source, d.path, d.split, **kw)
+            val_src = open_source(d.source, d.path, d.val_split, **kw)
+            if train_src.labels is None or val_src.labels is None:
+                raise TrainingError(
+                    f"log.knn_every needs labels: data.split={d.split!r} and data.val_split="
+                    f"{d.val_split!r} of {d.source} must both be labeled (or set log.knn_every=0)"
+                )
+            self._knn_data = (train_src, val_src)
+        train_src, val_src = self._knn_data
+        backbone = self.model.backbone
+        was_training = backbone.training
+        kw = dict(image_size=a.image_size, mean=a.mean, std=a.std, device=self.device, progress=False)
+        try:
+            ftr = extract_features(backbone, train_src, **kw)["pooled"]
+            fte = extract_features(backbone, val_src, **kw)["pooled"]
+        finally:
+            backbone.train(was_training)
+        k = self.cfg.log.knn_k
+        res = knn_classify(ftr, train_src.labels, fte, val_src.labels, ks=(k,))
+        return {f"knn_top1_k{k}": res[f"k={k}"]["top1"], f"knn_top5_k{k}": res[f"k={k}"]["top5"]}
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
+        self._stop_signal = signum
+
+    def train(self) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
+        main = self.dist.is_main
+        if main:
+            (self.out / "config.yaml").write_text(dump_yaml(cfg))
+            log.info(
+                "BYOL %s | %d images | global batch %d (%d x %d accum x %d procs) | peak lr %.4g | "
+                "%d steps (%d/epoch) | device %s | %s | channels_last=%s",
+                cfg.model.arch, len(self.feeder), self.global_batch, t.batch_size, t.accumulate,
+                self.dist.world_size, self.peak_lr, self.total_steps, self.steps_per_epoch,
+                self.device, self.amp_dtype or "fp32", self.channels_last,
+            )
+        old_handlers = {}
+        for s in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not in the main thread
+                old_handlers[s] = signal.signal(s, self._on_signal)
+        try:
+            return self._loop()
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+            if self.writer is not None:
+                self.writer.close()
+
+    def _loop(self) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
+        main = self.dist.is_main
+        model, ddp, opt = self.model, self.ddp, self.optimizer
+        model.train()
+        stop_at = min(self.total_steps, t.max_steps) if t.max_steps else self.total_steps
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
+        loss_sum = torch.zeros((), device=self.device)
+        loss_count, last_log_time, last_log_step = 0, time.perf_counter(), self.state.step
+        z_last = None
+        t0 = time.perf_counter()
+        from tqdm import tqdm
+
+        while self.state.step < stop_at and self.state.epoch < t.epochs:
+            epoch = self.state.epoch
+            perm = epoch_permutation(len(self.feeder), t.seed, epoch)
+            first = self.state.step_in_epoch
+            steps = range(first, self.steps_per_epoch)
+            bar = tqdm(
+                total=self.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{t.epochs}",
+                disable=not (main and cfg.log.progress), dynamic_ncols=True, leave=False,
+            )
+            batches = self._epoch_batches(perm, epoch, first)
+            for step_in_epoch, micro in zip(steps, batches):
+                step = self.state.step
+                lr = warmup_cosine(step, self.total_steps, self.warmup_steps, self.peak_lr,
+                                   cfg.optim.final_lr)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                for j, (v1, v2) in enumerate(micro):
+                    if self.channels_last:
+                        v1 = v1.contiguous(memory_format=torch.channels_last)
+                        v2 = v2.contiguous(memory_format=torch.channels_last)
+                    sync = contextlib.nullcontext()
+                    if self.dist.enabled and j < t.accumulate - 1:
+                        sync = ddp.no_sync()
+                    with sync:
+                        with autocast:
+                            loss, z_last = ddp(v1, v2)
+                        self.scaler.scale(loss / t.accumulate).backward()
+                    loss_sum += loss.detach()
+                    loss_count += 1
+                if cfg.optim.grad_clip > 0:
+                    self.scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.online_parameters(), cfg.optim.grad_clip)
+                self.scaler.step(opt)
+                self.scaler.update()
+                opt.zero_grad(set_to_none=True)
+                tau = tau_schedule(step, self.total_steps, t.tau_base, t.tau_final)
+                model.update_target(tau)  # once per optimiser step, never per micro-batch
+                self.state.step += 1
+                self.state.step_in_epoch = step_in_epoch + 1
+                bar.update(1)
+
+                if self.state.step % cfg.log.log_every == 0 or self.state.step == stop_at:
+                    mean_loss = (loss_sum / max(loss_count, 1)).item()  # the one host sync
+                    now = time.perf_counter()
+                    ips = (self.state.step - last_log_step) * self.global_batch / max(now - last_log_time, 1e-9)
+                    row = {"step": self.state.step, "epoch": epoch + (step_in_epoch + 1) / self.steps_per_epoch,
+                           "loss": mean_loss, "lr": lr, "tau": tau, "images_per_s": ips,
+                           "z_std": _normalised_std(z_last)}
+                    if not math.isfinite(mean_loss):
+                        raise TrainingError(
+                            f"the loss became {mean_loss} at step {self.state.step}: training "
+                            f"diverged. The last good checkpoint is kept in {self.out}; lower "
+                            "optim.base_lr or raise optim.warmup_epochs, then --resume"
+                        )
+                    if row["z_std"] < cfg.log.collapse_warn_std and main:
+                        log.warning("possible collapse: per-dimension std of normalised projections "
+                                    "is %.4f (healthy ~%.3f)", row["z_std"], 1 / math.sqrt(cfg.model.proj_dim))
+                    self._record(row)
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", tau=f"{tau:.4f}",
+                                    ips=f"{ips:.0f}")
+                    loss_sum.zero_()
+                    loss_count, last_log_time, last_log_step = 0, now, self.state.step
+                if self._stop_signal is not None:
+                    bar.close()
+                    return self._stop_for_signal()
+                if self.state.step >= stop_at:
+                    break
+            bar.close()
+            if self.state.step_in_epoch >= self.steps_per_epoch:
+                self.state.epoch += 1
+                self.state.step_in_epoch = 0
+                self._end_of_epoch(stop_at)
+            elif self.state.step >= stop_at:
+                break
+        if self._saved_step != self.state.step:
+            self.save()
+        du.barrier()
+        wall = time.perf_counter() - t0
+        result = {"steps": self.state.step, "epochs": self.state.epoch, "wall_s": wall,
+                  "last": str(self.out / "last.pt"),
+                  "final_loss": next((r["loss"] for r in reversed(self.state.history) if "loss" in r), None)}
+        if main:
+            (self.out / "train_result.json").write_text(json.dumps(result, indent=2))
+        return result
+
+    def _epoch_batches(self, perm: torch.Tensor, epoch: int, first: int):
+        """Yields, per optimiser step, the list of (view1, view2) micro-batches of this process."""
+        t = self.cfg.train
+        if isinstance(self.feeder, MemoryFeeder):
+            for s in range(first, self.steps_per_epoch):
+                step = epoch * self.steps_per_epoch + s
+                with torch.no_grad():  # (never yield inside it: the caller would inherit it)
+                    micro = [self.feeder.views(idx, _mix(t.seed, step, slot, 3))
+                             for slot, idx in self._slot_indices(perm, s)]
+                yield micro
+            return
+        keys, seeds = [], []
+        for s in range(first, self.steps_per_epoch):
+            step = epoch * self.steps_per_epoch + s
+            for slot, idx in self._slot_indices(perm, s):
+                keys.extend((int(i), epoch) for i in idx)
+                seeds.append(_mix(t.seed, step, slot, 3))
+        it = iter(self.feeder.loader(keys, t.batch_size))
+        k = 0
+        for _ in range(first, self.steps_per_epoch):
+            micro = []
+            for _ in range(t.accumulate):
+                v1, v2, _labels = next(it)
+                with torch.no_grad():
+                    micro.append(self.feeder.finish(v1, v2, seeds[k]))
+                k += 1
+            yield micro
+
+    def _end_of_epoch(self, stop_at: int) -> None:
+        cfg = self.cfg
+        e = self.state.epoch
+        if cfg.log.knn_every and (e % cfg.log.knn_every == 0 or e == cfg.train.epochs):
+            res = self._knn_monitor()
+            row = {"step": self.state.step, "epoch": e, **res}
+            self._record(row)
+            if self.dist.is_main:
+                log.info("epoch %d: kNN %s", e, ", ".join(f"{k}={v:.2f}" for k, v in res.items()))
+        if e % cfg.log.save_every == 0 or e == cfg.train.epochs or self.state.step >= stop_at:
+            self.save()
+
+    def _stop_for_signal(self) -> dict[str, Any]:
+        name = signal.Signals(self._stop_signal).name
+        path = self.save()
+        du.barrier()
+        if self.dist.is_main:
+            log.warning(
+                "%s received: stopped after step %d and saved %s. Resume with: byol pretrain "
+                "--config %s --resume %s", name, self.state.step, path, self.out / "config.yaml", self.out,
+            )
+        return {"steps": self.state.step, "interrupted": name, "last": str(self.out / "last.pt")}
+
+
+def _normalised_std(z: torch.Tensor | None) -> float:
+    """Mean over dimensions of the batch std of L2-normalised projections: ~1/sqrt(d) when
+    healthy, -> 0 when the representation collapses to a constant."""
+    if z is None or z.shape[0] < 2:
+        return float("nan")
+    zn = nn.functional.normalize(z.float(), dim=1)
+    return zn.std(dim=0).mean().item()
+
+
+def _match_channels(images: torch.Tensor, in_chans: int, name: str) -> torch.Tensor:
+    c = images.shape[1]
+    if c == 1 and in_chans == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    if c == 3 and in_chans == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    raise TrainingError(f"{name} has {c} channels but model.in_chans={in_chans}: set model.in_chans={c}")
+
+
+def _ensure_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(
+            f"output folder '{out}' is not writable ({e.strerror}); choose another with --out"
+        ) from None
+
+
+def find_checkpoint(where: str | os.PathLike) -> Path:
+    """A checkpoint file, or the newest one in a run folder."""
+    p = Path(where)
+    if p.is_dir():
+        if (p / "last.pt").is_file():
+            return p / "last.pt"
+        found = sorted(p.glob("ckpt_*.pt"))
+        if not found:
+            raise TrainingError(f"no checkpoint in '{p}' to resume from (expected last.pt or ckpt_*.pt)")
+        return found[-1]
+    if not p.is_file():
+        raise TrainingError(f"checkpoint '{p}' does not exist")
+    return p
+
+
+def pretrain(cfg: Config, resume: str | None = None) -> dict[str, Any]:
+    """Run (or resume) a pretraining; returns a summary with the final checkpoint path."""
+    trainer = Trainer(cfg, resume)
+    try:
+        return trainer.train()
+    finally:
+        du.cleanup()

@@ -1,0 +1,141 @@
+"""PNG plots for reports: training curves from ``metrics.jsonl`` and a t-SNE of features.
+
+matplotlib runs with the Agg backend (no display on servers and CI), imported lazily so the
+rest of the package never pays for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Rows of a metrics.jsonl; unreadable lines (a run killed mid-write) are skipped."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _knn_key(rows: Sequence[dict[str, Any]]) -> str | None:
+    """The kNN top-1 column: ``knn_top1`` or the monitor's ``knn_top1_k<k>``."""
+    for row in rows:
+        for k in row:
+            if k == "knn_top1" or k.startswith("knn_top1_k"):
+                return k
+    return None
+
+
+def plot_training(metrics_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
+    """loss.png (loss against optimizer step, with lr and tau on a second axis when logged) and
+    knn.png (kNN top-1 against epoch) from a run's metrics.jsonl. Returns the files written."""
+    rows = read_metrics(metrics_path)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plt = _plt()
+    written = []
+    loss = [(r.get("step", i), r["loss"]) for i, r in enumerate(rows)
+            if isinstance(r.get("loss"), (int, float))]
+    if loss:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        s, v = zip(*loss)
+        ax.plot(s, v, lw=1, label="loss")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("BYOL loss (2 directions, in [0, 8])")
+        ax.grid(alpha=0.3)
+        extra = [(k, [(r.get("step", i), r[k]) for i, r in enumerate(rows)
+                      if isinstance(r.get(k), (int, float))]) for k in ("lr", "tau")]
+        extra = [(k, pts) for k, pts in extra if pts]
+        if extra:
+            ax2 = ax.twinx()
+            for k, pts in extra:
+                ax2.plot(*zip(*pts), lw=1, ls="--", label=k, color="C1" if k == "lr" else "C2")
+            ax2.set_ylabel(" / ".join(k for k, _ in extra))
+            ax2.legend(loc="upper right")
+        ax.legend(loc="upper left")
+        fig.tight_layout()
+        p = out / "loss.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p)
+    key = _knn_key(rows)
+    if key:
+        pts = [(r.get("epoch", i), r[key]) for i, r in enumerate(rows)
+               if isinstance(r.get(key), (int, float))]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(*zip(*pts), marker="o", lw=1)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"kNN top-1 % ({key})")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        p = out / "knn.png"
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        written.append(p)
+    return written
+
+
+def plot_tsne(
+    features: Any,
+    labels: Any,
+    path: str | os.PathLike,
+    *,
+    classes: Sequence[str] | None = None,
+    max_points: int = 2000,
+    seed: int = 0,
+    title: str = "t-SNE of test features",
+) -> Path:
+    """2-D t-SNE (sklearn) of up to ``max_points`` features (a seeded, class-stratified
+    subsample: t-SNE is quadratic), coloured by class."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(features.cpu().numpy() if hasattr(features, "cpu") else features, np.float32)
+    y = np.asarray(labels.cpu().numpy() if hasattr(labels, "cpu") else labels)
+    rng = np.random.default_rng(seed)
+    if len(x) > max_points:
+        idx = np.sort(rng.choice(len(x), size=max_points, replace=False))
+        x, y = x[idx], y[idx]
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    perplexity = float(min(30.0, max(2.0, (len(x) - 1) / 3)))
+    emb = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+               learning_rate="auto").fit_transform(x)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 7))
+    cmap = plt.get_cmap("tab10" if len(np.unique(y)) <= 10 else "tab20")
+    for i, c in enumerate(np.unique(y)):
+        m = y == c
+        name = classes[int(c)] if classes is not None and int(c) < len(classes) else str(c)
+        ax.scatter(emb[m, 0], emb[m, 1], s=4, color=cmap(i % cmap.N), label=name)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(markerscale=4, fontsize=8, loc="best")
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return p

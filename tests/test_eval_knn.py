@@ -1,0 +1,137 @@
+"""kNN protocol and feature extraction: exact answers on hand-built data."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from byol.eval.features import (
+    RESNET50_MHEAD_DIMS,
+    cached_features,
+    eval_transform,
+    extract_features,
+    mhead_pool,
+)
+from byol.eval.knn import knn_classify, knn_predict
+from byol.models import build_backbone
+
+
+def test_knn_hand_built_points():
+    # two clusters on the unit circle; a test point near each
+    train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.95, -0.05], [0.0, 1.0], [0.1, 0.9]])
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    test = torch.tensor([[2.0, 0.1], [0.05, 3.0]])  # scale must not matter (cosine)
+    res = knn_classify(train, labels, test, torch.tensor([0, 1]), ks=(1, 3))
+    assert res["k=1"]["top1"] == 100.0
+    assert res["k=3"]["top1"] == 100.0
+    # with k=5 every test point sees both classes; the near class still wins by weight
+    res = knn_classify(train, labels, test, torch.tensor([0, 1]), ks=(5,))
+    assert res["k=5"]["top1"] == 100.0
+    assert res["k=5"]["top5"] == 100.0
+
+
+def test_knn_weight_beats_majority():
+    # 1 very close neighbour of class 1 vs 2 far ones of class 0: exp(sim/T) decides
+    train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    labels = torch.tensor([1, 0, 0])
+    test = torch.tensor([[1.0, 0.05]])
+    assert knn_classify(train, labels, test, torch.tensor([1]), ks=(3,))["k=3"]["top1"] == 100.0
+    # unweighted (huge temperature) majority vote picks class 0
+    res = knn_classify(train, labels, test, torch.tensor([1]), ks=(3,), temperature=1e6)
+    assert res["k=3"]["top1"] == 0.0
+
+
+def _brute_force(train, labels, test, k, t, c):
+    tn = train / train.norm(dim=1, keepdim=True)
+    out = torch.zeros(len(test), c, dtype=torch.float64)
+    for i, q in enumerate(test):
+        q = q / q.norm()
+        sims = [(float(tn[j] @ q), j) for j in range(len(train))]
+        sims.sort(key=lambda s: -s[0])
+        for s, j in sims[:k]:
+            out[i, labels[j]] += math.exp(s / t)
+    return out
+
+
+def test_knn_matches_brute_force_chunked():
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(300, 16, generator=g)
+    labels = torch.randint(0, 7, (300,), generator=g)
+    test = torch.randn(50, 16, generator=g)
+    test_labels = torch.randint(0, 7, (50,), generator=g)
+    ref = _brute_force(train, labels, test, 20, 0.07, 7)
+    got = knn_predict(train, labels, test, k=20, temperature=0.07, num_classes=7)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-4, atol=1e-6)
+    # chunked over test and blocked over train: same accuracy as the direct computation
+    res = knn_classify(train, labels, test, test_labels, ks=(20,), chunk_size=7, train_block=33)
+    ref_top1 = 100.0 * float((ref.argmax(1) == test_labels).double().mean())
+    ref_top5 = 100.0 * float((ref.topk(5, 1).indices == test_labels[:, None]).any(1).double().mean())
+    assert res["k=20"]["top1"] == pytest.approx(ref_top1)
+    assert res["k=20"]["top5"] == pytest.approx(ref_top5)
+    # k larger than the training set is clipped, not an error
+    assert knn_classify(train[:5], labels[:5], test, test_labels, ks=(200,))["k=200"]["top1"] >= 0
+
+
+def test_mhead_dims_resnet50_224_shapes():
+    # stage shapes of ResNet-50 at 224 px, on the meta device: no compute
+    shapes = {"feature1": (64, 112), "feature2": (256, 56), "feature3": (512, 28),
+              "feature4": (1024, 14), "feature5": (2048, 7)}
+    for name, (c, s) in shapes.items():
+        x = torch.empty(2, c, s, s, device="meta")
+        assert mhead_pool(x, name).flatten(1).shape[1] == RESNET50_MHEAD_DIMS[name]
+    assert list(RESNET50_MHEAD_DIMS.values()) == [9216, 9216, 8192, 9216, 8192]
+
+
+def test_mhead_dims_real_resnet50_forward():
+    bb = build_backbone("resnet50").eval()
+    feats = extract_features(bb, torch.zeros(1, 3, 224, 224, dtype=torch.uint8), image_size=224,
+                             mean=(0.5,), std=(0.25,), resize_ratio=1.0, precision="fp32",
+                             names=("pooled", "feature1", "feature2", "feature3", "feature4",
+                                    "feature5"), progress=False)
+    assert {k: v.shape[1] for k, v in feats.items()} == {"pooled": 2048, **RESNET50_MHEAD_DIMS}
+
+
+def test_mhead_specified_pool_values_and_small_maps():
+    x = torch.arange(7 * 7, dtype=torch.float32).view(1, 1, 7, 7)
+    y = mhead_pool(x, "feature5")  # AvgPool2d(6, 1, 0) at the 224-px size
+    assert y.shape == (1, 1, 2, 2)
+    assert float(y[0, 0, 0, 0]) == pytest.approx(float(x[0, 0, :6, :6].mean()))
+    # other sizes: adaptive to the same grid, never larger than the map
+    assert mhead_pool(torch.zeros(1, 3, 32, 32), "feature1").shape[-2:] == (12, 12)
+    assert mhead_pool(torch.zeros(1, 3, 4, 4), "feature5").shape[-2:] == (2, 2)
+    assert mhead_pool(torch.zeros(1, 3, 2, 2), "feature4").shape[-2:] == (2, 2)
+
+
+def test_eval_transform_resize_crop_normalise():
+    img = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
+    out = eval_transform(img, 28, mean=(0.5,), std=(0.5,))
+    assert out.shape == (2, 1, 28, 28)
+    torch.testing.assert_close(out, torch.ones_like(out))
+    # non-square: short side to round(24 * 256 / 224) = 27, then the central 24 x 24
+    img = torch.randint(0, 256, (1, 3, 30, 60), dtype=torch.uint8)
+    assert eval_transform(img, 24, (0.0,), (1.0,)).shape == (1, 3, 24, 24)
+    # identity geometry when the image already has the crop size and resize_ratio=1
+    x = eval_transform(img[..., :24, :24], 24, (0.0,), (1.0,), resize_ratio=1.0)
+    torch.testing.assert_close(x, img[..., :24, :24].float() / 255)
+
+
+def test_extract_restores_model_state_and_cache(tmp_path):
+    torch.manual_seed(0)
+    bb = build_backbone("resnet18", in_chans=1, small_stem=True, width=8)
+    bb.train()
+    imgs = torch.randint(0, 256, (10, 1, 16, 16), dtype=torch.uint8)
+    kw = dict(image_size=16, mean=(0.5,), std=(0.25,), precision="fp32", progress=False)
+    f1 = extract_features(bb, imgs, **kw)["pooled"]
+    assert bb.training and bb.conv1.weight.is_contiguous()
+    assert f1.shape == (10, 64) and f1.dtype == torch.float32
+    with torch.no_grad():
+        ref = bb.eval()(eval_transform(imgs, 16, (0.5,), (0.25,)))
+    torch.testing.assert_close(f1, ref, rtol=1e-4, atol=1e-5)
+    c1 = cached_features("random-init:resnet18:seed0", imgs, backbone=bb, cache_dir=tmp_path, **kw)
+    assert len(list(tmp_path.glob("feats_*.pt"))) == 1
+    bb.conv1.weight.data.zero_()  # a cache hit must not recompute
+    c2 = cached_features("random-init:resnet18:seed0", imgs, backbone=bb, cache_dir=tmp_path, **kw)
+    torch.testing.assert_close(c1["pooled"], c2["pooled"])
+    torch.testing.assert_close(c1["pooled"], f1)

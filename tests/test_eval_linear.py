@@ -1,0 +1,134 @@
+"""Linear probes: separable features are learned perfectly; the protocols run end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from byol.eval.linear import (
+    MultiHead,
+    default_milestones,
+    linear_probe_augmented,
+    linear_probe_features,
+    multihead_probe,
+    multihead_probe_augmented,
+    step_lr,
+    topk_accuracy,
+)
+from byol.models import build_backbone
+
+
+def _separable(n, d=32, c=4, seed=0, scale=50.0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(c, d, generator=g) * 3
+    y = torch.arange(n) % c
+    x = centres[y] + torch.randn(n, d, generator=g) * 0.3
+    return x * scale + 7.0, y  # badly scaled: the probe standardises
+
+
+def test_linear_probe_separable_reaches_100():
+    xtr, ytr = _separable(400)
+    xte, yte = _separable(200, seed=0)
+    res = linear_probe_features(xtr, ytr, xte, yte, lrs=(0.01, 0.1, 1.0), epochs=10,
+                                batch_size=64)
+    assert res["top1"] == pytest.approx(100.0)
+    assert res["top5"] == pytest.approx(100.0)
+    assert res["lr"] in (0.01, 0.1, 1.0)
+    assert set(res["val_top1"]) == {"0.01", "0.1", "1"}
+
+
+def test_linear_probe_sweep_picks_best_heldout_lr():
+    xtr, ytr = _separable(400, c=8, seed=5)
+    res = linear_probe_features(xtr, ytr, xtr, ytr, lrs=(1e-7, 0.1), epochs=5, batch_size=64)
+    assert res["val_top1"]["0.1"] > res["val_top1"]["1e-07"]
+    assert res["lr"] == 0.1
+
+
+def test_topk_accuracy_values():
+    logits = torch.tensor([[3.0, 2.0, 1.0], [0.0, 1.0, 2.0]])
+    acc = topk_accuracy(logits, torch.tensor([1, 2]))
+    assert acc["top1"] == 50.0 and acc["top5"] == 100.0
+
+
+def test_step_schedule_matches_mmselfsup():
+    assert default_milestones(90) == (30, 60)
+    lrs = [step_lr(0.01, e, (30, 60)) for e in (0, 29, 30, 59, 60, 89)]
+    assert lrs == pytest.approx([0.01, 0.01, 0.001, 0.001, 0.0001, 0.0001])
+
+
+def test_multihead_on_separable_features():
+    x1, y = _separable(400, d=16 * 4, c=4, seed=1)
+    x2, _ = _separable(400, d=24, c=4, seed=2)
+    t1, yt = _separable(120, d=16 * 4, c=4, seed=1)
+    t2, _ = _separable(120, d=24, c=4, seed=2)
+    res = multihead_probe({"feature1": x1, "feature2": x2}, y, {"feature1": t1, "feature2": t2},
+                          yt, channels={"feature1": 16}, epochs=6, batch_size=32, lr=0.1)
+    assert res["feature1"]["top1"] == pytest.approx(100.0)
+    assert res["feature2"]["top1"] == pytest.approx(100.0)
+
+
+def test_multihead_norm_is_per_channel():
+    head = MultiHead({"feature1": 8 * 4}, 3, channels={"feature1": 8})
+    assert head.norms["feature1"].num_features == 8
+    assert not any(p.requires_grad for p in head.norms.parameters())
+    assert MultiHead({"f": 10}, 3).norms["f"].num_features == 10
+
+
+def _tiny_sources():
+    from byol.data import open_source
+
+    tr = open_source("synthetic", split="train", image_size=16, synthetic_size=64)
+    te = open_source("synthetic", split="test", image_size=16, synthetic_size=32)
+    return tr, te
+
+
+def test_augmented_probes_run_and_freeze_backbone():
+    tr, te = _tiny_sources()
+    torch.manual_seed(0)
+    bb = build_backbone("resnet18", small_stem=True, width=8)
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    res = linear_probe_augmented(bb, tr, te, image_size=16, mean=(0.5,), std=(0.25,), epochs=2,
+                                 batch_size=32, precision="fp32", progress=False)
+    assert 0.0 <= res["top1"] <= 100.0 and res["top5"] >= res["top1"]
+    assert res["lr"] == pytest.approx(1.6 * 32 / 4096)
+    for k, v in bb.state_dict().items():  # frozen, BN statistics included
+        assert torch.equal(v, before[k]), k
+    res = multihead_probe_augmented(bb, tr, te, image_size=16, mean=(0.5,), std=(0.25,),
+                                    names=("feature4", "feature5"), epochs=1, batch_size=32,
+                                    precision="fp32", progress=False)
+    assert set(res) == {"feature4", "feature5"}
+    res = linear_probe_augmented(bb, tr, te, image_size=16, mean=(0.5,), std=(0.25,), epochs=1,
+                                 batch_size=32, optimizer="sgd", precision="fp32",
+                                 progress=False)
+    assert res["lr"] == pytest.approx(0.2 * 32 / 256)
+
+
+def test_balanced_subset_is_balanced_and_seeded():
+    from byol.eval.finetune import balanced_subset
+
+    y = torch.cat([torch.full((100,), 0), torch.full((300,), 1), torch.full((50,), 2)])
+    idx = balanced_subset(y, 0.1, seed=0)
+    counts = torch.bincount(y[idx], minlength=3).tolist()
+    assert counts == [10, 30, 5]
+    assert torch.equal(idx, balanced_subset(y, 0.1, seed=0))
+    assert not torch.equal(idx, balanced_subset(y, 0.1, seed=1))
+    assert torch.bincount(y[balanced_subset(y, 0.01, 0)], minlength=3).tolist() == [1, 3, 1]
+    assert len(balanced_subset(y, 1.0, 0)) == 450
+    with pytest.raises(ValueError):
+        balanced_subset(y, 0.0, 0)
+
+
+def test_finetune_runs_and_leaves_original_untouched():
+    from byol.eval.finetune import finetune_fractions
+
+    tr, te = _tiny_sources()
+    bb = build_backbone("resnet18", small_stem=True, width=8)
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    res = finetune_fractions(bb, tr, te, fractions=(0.25, 1.0), epochs=1, image_size=16,
+                             mean=(0.5,), std=(0.25,), batch_size=16, precision="fp32",
+                             progress=False)
+    assert set(res) == {"25%", "100%"}
+    assert res["25%"]["num_train"] < res["100%"]["num_train"] == 64
+    assert all(0 <= r["top1"] <= r["top5"] <= 100 for r in res.values())
+    for k, v in bb.state_dict().items():
+        assert torch.equal(v, before[k]), k
