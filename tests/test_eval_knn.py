@@ -135,3 +135,27 @@ def test_extract_restores_model_state_and_cache(tmp_path):
     c2 = cached_features("random-init:resnet18:seed0", imgs, backbone=bb, cache_dir=tmp_path, **kw)
     torch.testing.assert_close(c1["pooled"], c2["pooled"])
     torch.testing.assert_close(c1["pooled"], f1)
+
+
+def test_file_source_features_match_in_memory(tmp_path):
+    from PIL import Image
+
+    from byol.data import open_source
+
+    g = torch.Generator().manual_seed(0)
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(3):
+            arr = torch.randint(0, 256, (18, 24, 3), generator=g, dtype=torch.uint8).numpy()
+            Image.fromarray(arr).save(tmp_path / "train" / cls / f"{i}.png")
+    kw = dict(image_size=16, load_size=round(16 * 256 / 224))
+    files = open_source("folder", str(tmp_path), "train", in_memory=False, **kw)
+    mem = open_source("folder", str(tmp_path), "train", in_memory=True, **kw)
+    assert not hasattr(files, "images") and hasattr(mem, "images")
+    bb = build_backbone("resnet18", small_stem=True, width=8)
+    ekw = dict(image_size=16, mean=(0.5,), std=(0.25,), precision="fp32", progress=False,
+               batch_size=4, num_workers=0)
+    a = extract_features(bb, files, **ekw)["pooled"]
+    b = extract_features(bb, mem, **ekw)["pooled"]
+    assert a.shape == (6, 64)
+    torch.testing.assert_close(a, b)

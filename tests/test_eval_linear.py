@@ -132,3 +132,11 @@ def test_finetune_runs_and_leaves_original_untouched():
     assert all(0 <= r["top1"] <= r["top5"] <= 100 for r in res.values())
     for k, v in bb.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_multihead_is_reproducible_from_seed():
+    x, y = _separable(120, d=12, c=3, seed=7)
+    kw = dict(epochs=2, batch_size=32, lr=0.05)
+    a = multihead_probe({"feature5": x}, y, {"feature5": x}, y, seed=3, **kw)
+    b = multihead_probe({"feature5": x}, y, {"feature5": x}, y, seed=3, **kw)
+    assert a == b

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .config import AugmentConfig, ViewConfig
 
-_LUMA = (0.299, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+_LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None, device) -> torch.Tensor:

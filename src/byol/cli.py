@@ -31,15 +31,15 @@ def _setup_logging(verbose: bool) -> None:
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     sets = list(args.set or [])
-    if getattr(args, "data", None):
+    if getattr(args, "data", None) is not None:
         sets.append(f"data.path={args.data}")
-    if getattr(args, "source", None):
+    if getattr(args, "source", None) is not None:
         sets.append(f"data.source={args.source}")
-    if getattr(args, "out", None):
+    if getattr(args, "out", None) is not None:
         sets.append(f"log.out_dir={args.out}")
-    if getattr(args, "epochs", None):
+    if getattr(args, "epochs", None) is not None:
         sets.append(f"train.epochs={args.epochs}")
-    if getattr(args, "device", None):
+    if getattr(args, "device", None) is not None:
         sets.append(f"train.device={args.device}")
     return sets
 

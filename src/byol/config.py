@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -108,7 +109,7 @@ class TrainConfig:
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     channels_last: bool | None = None  # None: on where measured faster (CUDA, and CPU)
     compile: bool = False
-    fuse_views: bool = True  # one forward for both views, BN statistics kept per view
+    fuse_views: bool | None = None  # one forward for both views, BN kept per view (None: on CUDA)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
     deterministic: bool = False
@@ -217,7 +218,7 @@ def _deep_merge(a: dict, b: dict) -> dict:
 
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     origin = get_origin(tp)
-    if origin is Union or (origin is not None and str(origin) == "types.UnionType"):
+    if origin is Union or origin is types.UnionType:
         args = [a for a in get_args(tp) if a is not type(None)]
         if value is None:
             return None
@@ -377,6 +378,10 @@ def validate(cfg: Config, where: str = "config") -> None:
                 bad(f"augment.{vname}.{jk}", "must be >= 0")
         if not 0 <= v.hue <= 0.5:
             bad(f"augment.{vname}.hue", f"must lie in [0, 0.5], got {v.hue}")
+    from .models.backbones import RESNET_NAMES
+
+    if m.arch not in RESNET_NAMES and not m.arch.startswith("timm:"):
+        bad("model.arch", f"is {m.arch!r}; allowed: {', '.join(RESNET_NAMES)} or timm:<model name>")
     if m.in_chans < 1:
         bad("model.in_chans", f"must be >= 1, got {m.in_chans}")
     if len(a.mean) not in (1, m.in_chans):

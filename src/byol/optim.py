@@ -86,7 +86,7 @@ class LARS(Optimizer):
                 )
                 torch._foreach_mul_(upd, list(ratio.unbind(0)))
             bufs = []
-            for p, u in zip(params, upd):
+            for p in params:
                 state = self.state[p]
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p)

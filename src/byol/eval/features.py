@@ -308,7 +308,9 @@ def _prepare(backbone: nn.Module, device: torch.device, channels_last: bool) -> 
     backbone.eval()
     if p is not None and p.device != device:
         backbone.to(device)
-    if channels_last and p is not None:
+    # A model in training (the kNN monitor) keeps its memory format: re-laying out parameters
+    # under a live optimiser / DDP is not worth the speed-up.
+    if channels_last and p is not None and not state.training:
         w = next((m.weight for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
         if w is not None and not w.is_contiguous(memory_format=torch.channels_last):
             backbone.to(memory_format=torch.channels_last)
@@ -526,8 +528,9 @@ def load_eval_model(
             raise EvalError(f"--arch {arch} differs from the checkpoint's {cfg.model.arch}; "
                             "drop --arch (it only applies to --baseline)")
     elif baseline == "random":
-        torch.manual_seed(seed)
-        bb = build_backbone(arch_, in_, small_, width_)
+        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
+            torch.manual_seed(seed)
+            bb = build_backbone(arch_, in_, small_, width_)
         label = "random-init"
         key = f"random-init:{arch_}:c{in_}:s{int(small_)}:w{width_}:seed{seed}"
     elif baseline == "pixels":
@@ -551,7 +554,7 @@ def load_eval_model(
         image_size=int(size),
         mean=tuple(mean if mean is not None else mean_),
         std=tuple(std if std is not None else std_),
-        checkpoint=str(checkpoint) if checkpoint else None,
+        checkpoint=str(checkpoint) if checkpoint and not baseline else None,
         config=cfg,
         info=info,
     )
@@ -653,24 +656,28 @@ def cached_features(
     if cache_dir is None:
         return extract_features(backbone, source, image_size=image_size, mean=mean, std=std,
                                 names=names, **extract_kwargs)
-    h = feature_cache_key(key, source, image_size=image_size, names=names, mean=mean, std=std,
+    # One file per (weights, data, preprocessing); it accumulates layers as protocols ask for
+    # them, so `eval knn` after `eval all` (or the reverse) reuses what is there.
+    h = feature_cache_key(key, source, image_size=image_size, names=(), mean=mean, std=std,
                           resize_ratio=extract_kwargs.get("resize_ratio", 256 / 224),
                           pool=extract_kwargs.get("pool", "auto"))
     path = Path(cache_dir) / f"feats_{h}.pt"
+    have: dict[str, torch.Tensor] = {}
     if path.is_file():
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            feats = blob["features"]
-            if set(feats) >= set(names) and all(len(feats[n]) == source_len(source) for n in names):
-                log.info("features from cache %s", path)
-                return {n: feats[n] for n in names}
+            have = {n: v for n, v in blob["features"].items() if len(v) == source_len(source)}
         except Exception as e:  # noqa: BLE001 - a damaged cache file is recomputed
             log.warning("ignoring unreadable feature cache %s (%s)", path, e)
-    feats = extract_features(backbone, source, image_size=image_size, mean=mean, std=std,
-                             names=names, **extract_kwargs)
-    atomic_save({"features": feats, "meta": {"key": key, "data": source_name(source),
-                                              "n": source_len(source)}}, path)
-    return feats
+    missing = [n for n in names if n not in have]
+    if not missing:
+        log.info("features from cache %s", path)
+        return {n: have[n] for n in names}
+    have.update(extract_features(backbone, source, image_size=image_size, mean=mean, std=std,
+                                 names=missing, **extract_kwargs))
+    atomic_save({"features": have, "meta": {"key": key, "data": source_name(source),
+                                             "n": source_len(source)}}, path)
+    return {n: have[n] for n in names}
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:

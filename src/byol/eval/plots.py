@@ -60,22 +60,22 @@ def plot_training(metrics_path: str | os.PathLike, out_dir: str | os.PathLike) -
     loss = [(r.get("step", i), r["loss"]) for i, r in enumerate(rows)
             if isinstance(r.get("loss"), (int, float))]
     if loss:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        s, v = zip(*loss)
-        ax.plot(s, v, lw=1, label="loss")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("BYOL loss (2 directions, in [0, 8])")
-        ax.grid(alpha=0.3)
         extra = [(k, [(r.get("step", i), r[k]) for i, r in enumerate(rows)
                       if isinstance(r.get(k), (int, float))]) for k in ("lr", "tau")]
         extra = [(k, pts) for k, pts in extra if pts]
-        if extra:
-            ax2 = ax.twinx()
-            for k, pts in extra:
-                ax2.plot(*zip(*pts), lw=1, ls="--", label=k, color="C1" if k == "lr" else "C2")
-            ax2.set_ylabel(" / ".join(k for k, _ in extra))
-            ax2.legend(loc="upper right")
-        ax.legend(loc="upper left")
+        # one panel each: tau ~ 0.99 and lr ~ 1e-1 would flatten each other on a shared axis
+        fig, axes = plt.subplots(1 + len(extra), 1, sharex=True, squeeze=False,
+                                 figsize=(7, 3.5 + 1.6 * len(extra)),
+                                 gridspec_kw={"height_ratios": [3] + [1] * len(extra)})
+        ax = axes[0, 0]
+        ax.plot(*zip(*loss), lw=1)
+        ax.set_ylabel("BYOL loss (in [0, 8])")
+        ax.grid(alpha=0.3)
+        for i, (k, pts) in enumerate(extra, start=1):
+            axes[i, 0].plot(*zip(*pts), lw=1, color=f"C{i}")
+            axes[i, 0].set_ylabel(k)
+            axes[i, 0].grid(alpha=0.3)
+        axes[-1, 0].set_xlabel("optimizer step")
         fig.tight_layout()
         p = out / "loss.png"
         fig.savefig(p, dpi=100)

@@ -36,10 +36,16 @@ KNN_KS = ("k=10", "k=20", "k=100", "k=200")
 FEATURES = ("feature1", "feature2", "feature3", "feature4", "feature5")
 LOWSHOT_COLS = ("k=1", "k=2", "k=4", "k=8", "k=16", "k=32", "k=64", "k=96")
 FINETUNE_COLS = ("1%", "10%", "100%")
-MODEL_ORDER = ("byol", "supervised", "torchvision-supervised", "random-init", "pixels")
+MODEL_ORDER = ("byol", "random-init", "pixels", "supervised", "torchvision-supervised")
 
 # mmselfsup's BYOL page (ResNet-50, ImageNet, 200 epochs) and the paper's semi-supervised table
-REFERENCE_LABEL = "published: mmselfsup BYOL R50 200e, ImageNet (VOC07 for SVM)"
+REFERENCE_LABELS = {
+    "knn": "published: mmselfsup BYOL R50 200e, ImageNet",
+    "linear": "published: mmselfsup BYOL R50 200e, ImageNet",
+    "mhead": "published: mmselfsup BYOL R50 200e, ImageNet",
+    "svm": "published: mmselfsup BYOL R50 200e, VOC07",
+    "finetune": "published: BYOL paper R50 1000e, ImageNet",
+}
 REFERENCE = {
     "knn": {"k=10": 63.9, "k=20": 64.2, "k=100": 62.9, "k=200": 61.9},
     "linear_aug": 71.8,
@@ -188,9 +194,10 @@ def render_markdown(records: Sequence[dict[str, Any]], *, title: str = "BYOL eva
         out.append("Data: " + "; ".join(
             ", ".join(f"{k}={v}" for k, v in json.loads(d).items()) for d in sorted(data)))
         out.append("")
-    arches = {m: latest_arch for m in models
-              if (latest_arch := next((r.get("arch") for (mm, _), r in latest.items()
-                                       if mm == m and r.get("arch")), None))}
+    arches: dict[str, str] = {}
+    for (m, _), r in latest.items():
+        if r.get("arch") and m not in arches:
+            arches[m] = str(r["arch"])
 
     def name(m: str) -> str:
         return f"{m} ({arches[m]})" if m in arches and arches[m] != m else m
@@ -204,7 +211,7 @@ def render_markdown(records: Sequence[dict[str, Any]], *, title: str = "BYOL eva
         if not rows:
             return
         if reference and ref_cells is not None:
-            rows.append([f"*{REFERENCE_LABEL}*"] + ref_cells)
+            rows.append([f"*{REFERENCE_LABELS[protocol]}*"] + ref_cells)
         out.extend([f"## {title_}", "", _table(["model", *cols], rows), ""])
 
     section("kNN classification (top-1 %, weighted vote, T = 0.07)", "knn", KNN_KS,
@@ -220,7 +227,7 @@ def render_markdown(records: Sequence[dict[str, Any]], *, title: str = "BYOL eva
                              _fmt(_get(b, "results", "top5"))])
     if lin_rows:
         if reference:
-            lin_rows.append([f"*{REFERENCE_LABEL}*", "–", "–", _fmt(REFERENCE["linear_aug"]),
+            lin_rows.append([f"*{REFERENCE_LABELS['linear']}*", "–", "–", _fmt(REFERENCE["linear_aug"]),
                              "–"])
         out.extend(["## Linear evaluation (GAP features)", "",
                     _table(["model", "features + lr sweep top-1", "top-5",
@@ -239,7 +246,7 @@ def render_markdown(records: Sequence[dict[str, Any]], *, title: str = "BYOL eva
                              for k in LOWSHOT_COLS])
     if svm_rows:
         if reference:
-            svm_rows.append([f"*{REFERENCE_LABEL}*", REFERENCE["svm"]["layer"],
+            svm_rows.append([f"*{REFERENCE_LABELS['svm']}*", REFERENCE["svm"]["layer"],
                              _fmt(REFERENCE["svm"]["map"])] +
                             [_fmt(REFERENCE["lowshot"][k]) for k in LOWSHOT_COLS])
         out.extend(["## SVM and low-shot SVM (mAP %, mean ± std over draws)", "",

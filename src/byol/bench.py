@@ -1,0 +1,242 @@
+"""``byol bench``: steady-state pretraining throughput and peak memory of this engine.
+
+Three modes, from the inside out:
+  model    fixed pre-augmented views: the model step alone (forward, backward, LARS, EMA)
+  augment  uint8 images resident on the device, the full two-view augmentation every step
+  data     a real dataset through the engine's own feeder (in-memory or folder workers)
+
+Every mode runs the engine's own ``Trainer.train_step``: what is measured is what trains.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .config import load_config
+
+
+@dataclass
+class BenchResult:
+    mode: str
+    arch: str
+    width: int
+    image_size: int
+    batch: int
+    device: str
+    precision: str
+    channels_last: bool
+    fuse_views: bool
+    compile: bool
+    steps: int
+    seconds: float
+    images_per_s: float
+    peak_mem_gib: float
+    gflop_per_image: float | None = None
+    achieved_tflops: float | None = None
+    peak_tflops: float | None = None
+    utilisation: float | None = None
+
+    def row(self) -> str:
+        util = f"{100 * self.utilisation:.1f}%" if self.utilisation is not None else "-"
+        return (
+            f"| {self.mode} | {self.arch} w{self.width} | {self.image_size} | {self.batch} | "
+            f"{self.device} | {self.precision} | {self.images_per_s:,.0f} | "
+            f"{self.peak_mem_gib:.2f} | {util} |"
+        )
+
+
+TABLE_HEADER = (
+    "| mode | model | px | batch | device | precision | images/s | peak mem GiB | FLOP util |\n"
+    "|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def bench_config(args: argparse.Namespace):
+    sets = [
+        f"model.arch={args.arch}",
+        f"model.width={args.width}",
+        f"model.small_stem={args.small_stem}",
+        f"model.in_chans={args.in_chans}",
+        f"augment.image_size={args.image_size}",
+        f"augment.mean={[0.5] * args.in_chans}",
+        f"augment.std={[0.25] * args.in_chans}",
+        f"train.batch_size={args.batch}",
+        f"train.device={args.device}",
+        f"train.precision={args.precision}",
+        f"train.compile={args.compile}",
+        "train.epochs=1000",
+        "log.tensorboard=false",
+        "log.progress=false",
+        f"log.out_dir={args.out}",
+        f"data.source={args.source}",
+        f"data.synthetic_size={max(args.batch * 2, 64)}",
+    ]
+    if args.data:
+        sets.append(f"data.path={args.data}")
+    if args.channels_last is not None:
+        sets.append(f"train.channels_last={args.channels_last}")
+    if args.fuse_views is not None:
+        sets.append(f"train.fuse_views={args.fuse_views}")
+    if args.proj_hidden_dim:
+        sets += [f"model.proj_hidden_dim={args.proj_hidden_dim}",
+                 f"model.pred_hidden_dim={args.proj_hidden_dim}"]
+    return load_config(args.config, sets + list(args.set or []))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_peak_tflops(device: torch.device, dtype=torch.bfloat16, n: int = 8192) -> float:
+    """Measured dense matmul peak (the denominator of the utilisation figure)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    reps = 10
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
+
+
+def count_step_flops(trainer, micro) -> float:
+    """FLOPs of one optimiser step (forward + backward of the online network, target forward),
+    counted by PyTorch's FlopCounterMode (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    lr, tau = trainer.schedules(0)
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_step(micro, lr, tau)
+    return float(counter.get_total_flops())
+
+
+def run_bench(args: argparse.Namespace) -> BenchResult:
+    from .engine import Trainer
+
+    if args.steps < 1 or args.warmup < 0:
+        raise SystemExit("bench: --steps must be >= 1 and --warmup >= 0")
+    cfg = bench_config(args)
+    trainer = Trainer(cfg)
+    dev = trainer.device
+    trainer.model.train()
+    perm = torch.randperm(len(trainer.feeder))
+    if args.mode == "data":
+        batches = trainer._epoch_batches(perm, 0, 0)
+
+        def next_micro():
+            nonlocal batches
+            try:
+                return next(batches)
+            except StopIteration:
+                batches = trainer._epoch_batches(torch.randperm(len(trainer.feeder)), 0, 0)
+                return next(batches)
+    else:
+        if not hasattr(trainer.feeder, "views"):
+            raise SystemExit("bench: modes model/augment need an in-memory source")
+
+        def fresh(step: int):
+            with torch.no_grad():
+                return [trainer.feeder.views(idx, step) for _, idx in trainer._slot_indices(perm, step % trainer.steps_per_epoch)]
+
+        fixed = fresh(0)
+        counter = iter(range(10**9))
+
+        def next_micro():
+            return fixed if args.mode == "model" else fresh(next(counter))
+
+    for i in range(args.warmup):
+        lr, tau = trainer.schedules(i)
+        trainer.train_step(next_micro(), lr, tau)
+    _sync(dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t = time.perf_counter()
+    for i in range(args.steps):
+        lr, tau = trainer.schedules(args.warmup + i)
+        loss, _ = trainer.train_step(next_micro(), lr, tau)
+    _sync(dev)
+    seconds = time.perf_counter() - t
+    if not torch.isfinite(loss):
+        raise SystemExit(f"bench: loss became {loss.item()}")
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) / 2**30
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    ips = args.steps * trainer.global_batch / seconds
+    res = BenchResult(
+        args.mode, cfg.model.arch, cfg.model.width, cfg.augment.image_size, trainer.global_batch,
+        torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32",
+        trainer.channels_last, trainer.model.fuse_views, cfg.train.compile, args.steps, seconds,
+        ips, peak,
+    )
+    if args.flops:
+        flops = count_step_flops(trainer, next_micro())
+        res.gflop_per_image = flops / trainer.global_batch / 1e9
+        res.achieved_tflops = flops * args.steps / seconds / 1e12
+        if dev.type == "cuda":
+            res.peak_tflops = measure_peak_tflops(dev)
+            res.utilisation = res.achieved_tflops / res.peak_tflops
+    return res
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mode", choices=("model", "augment", "data"), default="augment")
+    p.add_argument("--config", "-c", default=None, help="start from a preset or YAML")
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--small-stem", dest="small_stem", action="store_true")
+    p.add_argument("--in-chans", dest="in_chans", type=int, default=3)
+    p.add_argument("--image-size", dest="image_size", type=int, default=32)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--proj-hidden-dim", dest="proj_hidden_dim", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20, help="timed optimiser steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--channels-last", dest="channels_last", default=None,
+                   type=lambda s: s.lower() in ("1", "true", "yes"))
+    p.add_argument("--fuse-views", dest="fuse_views", default=None,
+                   type=lambda s: s.lower() in ("1", "true", "yes"))
+    p.add_argument("--source", default="synthetic", help="data source for --mode data")
+    p.add_argument("--data", default="", help="data path for --mode data")
+    p.add_argument("--flops", action="store_true", help="count FLOPs and report utilisation")
+    p.add_argument("--out", default="/tmp/byol-bench", help="scratch run folder")
+    p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE")
+    p.add_argument("--json", help="write the result as JSON here")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    res = run_bench(args)
+    print(TABLE_HEADER)
+    print(res.row())
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(asdict(res), f, indent=2)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure pretraining images/s and peak memory",
+        epilog="examples:\n"
+        "  byol bench --arch resnet18 --small-stem --image-size 32 --batch 256\n"
+        "  byol bench --arch resnet50 --image-size 224 --batch 256 --device cuda --flops\n"
+        "  byol bench --mode data --source fashion_mnist --in-chans 1 --image-size 28 --small-stem",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(func=cmd_bench)

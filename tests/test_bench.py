@@ -1,0 +1,91 @@
+"""Smoke tests of ``byol bench`` and of benchmarks/throughput.py (tiny sizes, no timing claims)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from byol.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "throughput.py"
+HAVE_PEERS = all(importlib.util.find_spec(m) is not None for m in ("lightly", "byol_pytorch"))
+
+# One torch thread: on shared, busy cores the default (all cores) is many times slower.
+TINY_BENCH = [
+    "bench", "--arch", "resnet18", "--width", "8", "--small-stem", "--image-size", "16",
+    "--batch", "8", "--steps", "2", "--warmup", "1", "--device", "cpu",
+    "--set", "train.threads=1",
+]
+
+
+def _table(markdown: str) -> dict[tuple[str, str], str]:
+    """(library, mode) -> images/s cell of the report's table."""
+    rows = {}
+    for line in markdown.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("| ") or len(cells) != 5 or cells[0] == "library":
+            continue
+        rows[(cells[0], cells[1])] = cells[2]
+    return rows
+
+
+@pytest.fixture(scope="module")
+def throughput(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("throughput")
+    cmd = [
+        sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--threads", "1",
+        "--peers", "lightly,byol-pytorch" if HAVE_PEERS else "",
+        "--markdown", str(tmp / "bench.md"), "--json", str(tmp / "bench.json"),
+        "--out", str(tmp / "runs"),
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout, (tmp / "bench.md").read_text(), json.loads((tmp / "bench.json").read_text())
+
+
+def _positive(cell: str) -> bool:
+    return float(cell.replace(",", "")) > 0
+
+
+def test_throughput_reports_ours(throughput):
+    stdout, markdown, data = throughput
+    assert stdout == markdown
+    assert "- command: `python benchmarks/throughput.py --tiny" in markdown
+    assert "- machine: " in markdown and "- date: " in markdown
+    table = _table(markdown)
+    for mode in ("augment", "data"):
+        assert _positive(table[("byol (ours)", mode)])
+    rows = {(r["library"], r["mode"]): r for r in data["rows"]}
+    ours = rows[("byol (ours)", "augment")]
+    assert ours["images_per_s"] > 0 and ours["batch"] == 8 and ours["width"] == 8
+    assert ours["ratio_ours_augment"] == pytest.approx(1.0)
+    assert data["machine"]["cores"] >= 1
+
+
+def test_throughput_reports_peers(throughput):
+    pytest.importorskip("lightly")
+    pytest.importorskip("byol_pytorch")
+    _, markdown, data = throughput
+    table = _table(markdown)
+    assert _positive(table[("lightly", "data")])
+    assert _positive(table[("byol-pytorch", "augment")])
+    rows = {(r["library"], r["mode"]): r for r in data["rows"]}
+    for key in (("lightly", "data"), ("byol-pytorch", "augment")):
+        row = rows[key]
+        assert row["error"] is None and row["images_per_s"] > 0 and row["peak_mem_gib"] > 0
+        assert (row["arch"], row["width"], row["image_size"], row["batch"]) == ("resnet18", 8, 16, 8)
+        assert row["ratio_ours_augment"] > 0
+
+
+def test_byol_bench_cli_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main([*TINY_BENCH, "--out", str(tmp_path / "run"), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["mode"] == "augment" and res["batch"] == 8 and res["steps"] == 2
+    assert res["images_per_s"] > 0 and res["seconds"] > 0
