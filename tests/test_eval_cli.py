@@ -149,3 +149,33 @@ def test_fmnist_suite_tiny_runs(tmp_path):
     assert byol["knn"]["results"] != rand["knn"]["results"]  # different weights, different rows
     assert (tmp_path / "report.md").is_file() and (tmp_path / "results.json").is_file()
     assert summary["wall_s"]["total"] > 0
+
+
+def test_svm_on_a_voc07_devkit(ckpt, tmp_path):
+    from PIL import Image
+
+    from byol.eval.svm import VOC_CLASSES
+
+    root = tmp_path / "VOC2007"
+    (root / "ImageSets" / "Main").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    g = torch.Generator().manual_seed(0)
+    splits = {"trainval": [f"{i:06d}" for i in range(12)],
+              "test": [f"{i:06d}" for i in range(100, 108)]}
+    for ids in splits.values():
+        for i in ids:
+            arr = torch.randint(0, 256, (20, 30, 3), generator=g, dtype=torch.uint8).numpy()
+            Image.fromarray(arr).save(root / "JPEGImages" / f"{i}.jpg")
+    for split, ids in splits.items():
+        for c, name in enumerate(VOC_CLASSES):
+            lines = [f"{i} {1 if (n + c) % 4 == 0 else (0 if n == 1 else -1)}"
+                     for n, i in enumerate(ids)]
+            (root / "ImageSets" / "Main" / f"{name}_{split}.txt").write_text("\n".join(lines))
+    out = tmp_path / "svm.json"
+    rc = main(["eval", "svm", "--checkpoint", str(ckpt), "--voc07", str(tmp_path),
+               "--image-size", "16", "--costs", "fast", "--json", str(out), *FAST])
+    assert rc == 0
+    rec = json.loads(out.read_text())
+    assert rec["data"]["source"] == "voc07" and rec["data"]["num_train"] == 12
+    res = rec["results"]["layers"]["feature5"]
+    assert set(res["ap"]) == set(VOC_CLASSES) and 0 <= rec["results"]["map"] <= 100

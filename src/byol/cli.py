@@ -56,9 +56,12 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if rank0:
         if result.get("interrupted"):
             return 130
+        loss = result.get("final_loss")
+        skipped = result.get("skipped_steps") or 0
         print(
             f"done: {result['steps']} steps in {result['wall_s']:.0f} s, final loss "
-            f"{result['final_loss']:.4f}; checkpoint {result['last']}"
+            f"{'n/a' if loss is None else f'{loss:.4f}'}"
+            f"{f' ({skipped} non-finite steps skipped)' if skipped else ''}; checkpoint {result['last']}"
         )
     return 0
 
@@ -115,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", "-s", action="append", metavar="KEY=VALUE",
                    help="override any setting, e.g. --set optim.base_lr=0.3 (repeatable)")
     p.add_argument("--resume", metavar="PATH",
-                   help="checkpoint file, or run folder whose newest checkpoint to continue")
+                   help="checkpoint file, or run folder whose newest checkpoint to continue; "
+                   "'auto': the --out folder's newest checkpoint if there is one (for torchrun "
+                   "--max-restarts)")
     p.set_defaults(func=cmd_pretrain)
 
     c = sub.add_parser("config", help="show presets and resolved configs")
@@ -151,6 +156,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(e: BaseException) -> str:
+    """The message of a known error; one re-raised from a DataLoader worker carries the worker's
+    traceback text, of which only the last line (the original message) is kept."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        last = msg.strip().splitlines()[-1]
+        msg = last.split(": ", 1)[1] if ": " in last else last
+    return msg
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -174,12 +189,19 @@ def main(argv: list[str] | None = None) -> int:
     except known as e:
         if args.debug:
             raise
-        print(f"byol: error: {e}", file=sys.stderr)
+        print(f"byol: error: {one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except FileNotFoundError as e:
         if args.debug:
             raise
         print(f"byol: error: {e.filename or e}: no such file or folder", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as e:  # full disk, read-only or vanished folders: the environment, not a bug
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"byol: error: {where}{e.strerror or e} (run again with --debug for the "
+              "traceback)", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("byol: interrupted", file=sys.stderr)

@@ -402,7 +402,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     g.add_argument("--batch-size", type=int, default=256, help="feature extraction batch")
     g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
-                   help="autocast for the backbone (auto: bf16 on CPU and CUDA)")
+                   help="autocast for the backbone (auto: bf16 on CUDA and on CPUs with fast bf16, else fp32)")
     g.add_argument("--workers", type=int, default=None, help="DataLoader workers (file data)")
     g.add_argument("--cache-dir", help="reuse features across commands from this folder")
     g.add_argument("--json", metavar="PATH", help="write the result record(s) to this file")
@@ -562,6 +562,9 @@ def build_evaluators(args: argparse.Namespace, baselines: Sequence[str] = ()) ->
                                           **{**common, "image_size": first.image_size,
                                              "mean": first.mean, "std": first.std,
                                              "in_chans": common.get("in_chans")}))
+    if voc:  # the VOC07 protocol scores the whole squashed image, whatever the model saw
+        for m in models:
+            m.image_size = image_size
     data_info["image_size"] = first.image_size
     out = []
     for i, m in enumerate(models):

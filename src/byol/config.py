@@ -116,6 +116,9 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0: torch's default)
     steps_per_epoch: int = 0  # 0: len(dataset) // global batch
     max_steps: int = 0  # stop after this many optimizer steps (0: all epochs)
+    # a non-finite loss or gradient: stop (raise, keeping the last good checkpoint) or skip
+    # that optimizer step (no weight/EMA update; costs one host sync per step)
+    nonfinite: str = "stop"
 
 
 @dataclass
@@ -129,7 +132,7 @@ class LogConfig:
     knn_limit: int = 0  # use at most this many train/val samples in the monitor (0: all)
     tensorboard: bool = True
     progress: bool = True
-    collapse_warn_std: float = 0.01  # warn when per-dim std of normalised z falls below this / sqrt(d)
+    collapse_warn_std: float = 0.01  # warn when per-dim std of normalised z falls below this (healthy ~1/sqrt(proj_dim))
 
 
 @dataclass
@@ -164,6 +167,7 @@ CHOICES = {
     ),
     "optim.name": ("lars", "sgd", "adamw"),
     "train.precision": ("auto", "bf16", "fp16", "fp32"),
+    "train.nonfinite": ("stop", "skip"),
     "augment.interpolation": ("bicubic", "bilinear"),
 }
 
@@ -183,10 +187,19 @@ def preset_names() -> list[str]:
     )
 
 
-def _read_yaml(name_or_path: str) -> tuple[dict[str, Any], str]:
+def _read_yaml(name_or_path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+    if not isinstance(name_or_path, str) or not name_or_path or "\0" in name_or_path:
+        raise ConfigError(f"config {name_or_path!r} is not a file name or preset name")
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.exists():
-        text, where = path.read_text(), str(path)
+    try:
+        is_file = path.suffix in (".yaml", ".yml") and path.exists()
+    except OSError:  # e.g. a name too long for the file system
+        is_file = False
+    if is_file:
+        try:
+            text, where = path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config '{path}' cannot be read ({e}); pass a UTF-8 YAML file") from None
     else:
         stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
         res = resources.files("byol") / "configs" / f"{stem}.yaml"
@@ -203,8 +216,12 @@ def _read_yaml(name_or_path: str) -> tuple[dict[str, Any], str]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of sections")
     base = raw.pop("_base_", None)
-    if base:
-        parent, _ = _read_yaml(base)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{where}: '_base_' must be a preset name or YAML path, got {base!r}")
+        if where in chain or len(chain) > 16:
+            raise ConfigError(f"{where}: '_base_' chain {' -> '.join((*chain, where))} is circular")
+        parent, _ = _read_yaml(base, (*chain, where))
         raw = _deep_merge(parent, raw)
     return raw, where
 
@@ -265,7 +282,7 @@ def _build(cls: type, raw: dict[str, Any], prefix: str, where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(raw) - names
     if unknown:
-        key = sorted(unknown)[0]
+        key = sorted(unknown, key=str)[0]
         raise ConfigError(
             f"{where}: unknown key '{prefix}{key}'. Allowed keys in "
             f"'{prefix.rstrip('.') or 'top level'}': {', '.join(sorted(names))}"
@@ -389,10 +406,39 @@ def validate(cfg: Config, where: str = "config") -> None:
     for k in ("proj_hidden_dim", "proj_dim", "pred_hidden_dim", "width"):
         if getattr(m, k) < 1:
             bad(f"model.{k}", "must be >= 1")
-    if cfg.log.keep_last < 1:
-        bad("log.keep_last", "must be >= 1")
-    if cfg.log.log_every < 1:
-        bad("log.log_every", "must be >= 1")
+    for section in ("model", "augment", "data", "optim", "train", "log"):
+        for key, value in _leaves(getattr(cfg, section), section):
+            if isinstance(value, float) and not math.isfinite(value):
+                bad(key, f"must be a finite number, got {value}")
+    d, lg = cfg.data, cfg.log
+    for key, value, low in (
+        ("log.keep_last", lg.keep_last, 1), ("log.log_every", lg.log_every, 1),
+        ("log.save_every", lg.save_every, 1), ("log.knn_every", lg.knn_every, 0),
+        ("log.knn_k", lg.knn_k, 1), ("log.knn_limit", lg.knn_limit, 0),
+        ("data.num_workers", d.num_workers, 0), ("data.load_size", d.load_size, 0),
+        ("data.synthetic_size", d.synthetic_size, 1), ("data.limit", d.limit, 0),
+        ("data.max_memory_gb", d.max_memory_gb, 0), ("optim.final_lr", o.final_lr, 0),
+        ("optim.grad_clip", o.grad_clip, 0),
+    ):
+        if value < low:
+            bad(key, f"must be >= {low}, got {value}")
+    if not all(0 <= b < 1 for b in o.betas):
+        bad("optim.betas", f"must lie in [0, 1), got {o.betas}")
+    for vname in ("view1", "view2"):
+        if getattr(a, vname).blur_kernel_frac <= 0:
+            bad(f"augment.{vname}.blur_kernel_frac", "must be > 0")
+
+
+def _leaves(obj: Any, prefix: str):
+    """(dotted key, value) of every setting under a config section, tuples flattened."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), f"{prefix}.{f.name}"
+        if dataclasses.is_dataclass(value):
+            yield from _leaves(value, key)
+        elif isinstance(value, tuple):
+            yield from ((key, v) for v in value)
+        else:
+            yield key, value
 
 
 def dump_yaml(cfg: Config) -> str:

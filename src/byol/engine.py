@@ -25,16 +25,40 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import distributed as du
 from .augment import BYOLAugment
-from .checkpoint import FORMAT, atomic_save, load_checkpoint, load_state_reporting
+from .checkpoint import (
+    FORMAT,
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    load_state_reporting,
+)
 from .config import Config, config_from_dict, dump_yaml
 from .models.byol import build_byol, tau_schedule
 from .optim import build_optimizer, scaled_lr, warmup_cosine
+from .precision import autocast_dtype
 
 log = logging.getLogger("byol")
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (diverged loss, unusable resume state). The message says why."""
+
+
+#: train.nonfinite=skip gives up (TrainingError) after this many non-finite steps in a row.
+MAX_CONSECUTIVE_SKIPS = 25
+
+#: Test hook (fault injection): with BYOL_FAULT_KILL_AT_STEP=N, the process of rank
+#: BYOL_FAULT_KILL_RANK (default 1) dies with os._exit(1) right after optimiser step N, on the
+#: first torchrun attempt only (TORCHELASTIC_RESTART_COUNT unset or "0"). Used by
+#: tests/test_reliability.py to show that torchrun --max-restarts + --resume auto recovers.
+FAULT_KILL_ENV = "BYOL_FAULT_KILL_AT_STEP"
+
+
+def _fault_kill_step(rank: int) -> int:
+    step = os.environ.get(FAULT_KILL_ENV, "")
+    if not step.isdigit() or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return 0
+    return int(step) if int(os.environ.get("BYOL_FAULT_KILL_RANK", "1")) == rank else 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,32 +170,7 @@ class RunState:
     epoch: int = 0  # epoch in progress (or next)
     step_in_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _precision(cfg: Config, device: torch.device) -> torch.dtype | None:
-    p = cfg.train.precision
-    if p == "fp32":
-        return None
-    if p == "fp16":
-        return torch.float16
-    if p == "bf16":
-        return torch.bfloat16
-    # auto: bf16 where it is fast (CUDA with bf16, CPUs with AVX-512 BF16 / AMX)
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
-    return None
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matrix instructions (AVX-512 BF16 or AMX). Elsewhere
-    oneDNN emulates bf16 and autocast is ~10x slower than fp32 (measured: 4 vs 52 images/s on
-    an AVX2-only EPYC), so ``precision: auto`` stays in fp32 there."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    skipped: int = 0  # optimiser steps dropped for a non-finite loss/gradient (nonfinite=skip)
 
 
 class Trainer:
@@ -189,10 +188,16 @@ class Trainer:
         self.out = Path(cfg.log.out_dir)
         if self.dist.is_main:
             _ensure_writable(self.out)
-        self.amp_dtype = _precision(cfg, self.device)
+        self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
         self.channels_last = t.channels_last if t.channels_last is not None else True
         self._stop_signal: int | None = None
         self._saved_step = -1
+        self._skip_nonfinite = t.nonfinite == "skip"
+        self.last_step_skipped = False
+        self._fault_step = _fault_kill_step(self.dist.rank)
+        self._metrics_warned = False
+        # loss summed on the device since the last log (checked for NaN before each save)
+        self._loss_sum: torch.Tensor | None = None
 
         # One forward for both views pays on GPUs (bigger kernels); on CPUs the extra
         # concatenations cost more than they save (70 vs 80 images/s measured on 2 cores).
@@ -229,6 +234,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * t.epochs
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.state = RunState()
+        if resume == "auto":  # torchrun --max-restarts: continue if this run saved anything
+            has = (self.out / "last.pt").is_file() or any(self.out.glob("ckpt_*.pt"))
+            resume = str(self.out) if has else None
         if resume:
             self._resume(resume)
 
@@ -304,46 +312,137 @@ class Trainer:
             "epoch": self.state.epoch,
             "step_in_epoch": self.state.step_in_epoch,
             "history": self.state.history,
+            "skipped_steps": self.state.skipped,
             "rng": {"torch": torch.get_rng_state()},
             "world_size": self.dist.world_size,
         }
 
     def save(self) -> Path | None:
-        if not self.dist.is_main:
-            self._saved_step = self.state.step
-            return None
+        """Write ckpt_<step>.pt atomically, point last.pt at it, prune to log.keep_last.
+
+        Refuses (TrainingError) to save non-finite weights or after a non-finite loss, so the
+        newest checkpoint is always a good one; a failed write (full disk) leaves the previous
+        checkpoints untouched and ends the run with a TrainingError on every process."""
+        bad = self._nonfinite_state()
+        if bad:
+            raise TrainingError(
+                f"{bad} at step {self.state.step}: training diverged; not saving it. The last "
+                f"good checkpoint is kept in {self.out}; lower optim.base_lr, raise "
+                "optim.warmup_epochs or set train.nonfinite=skip, then --resume"
+            )
         self._saved_step = self.state.step
         path = self.out / f"ckpt_{self.state.step:08d}.pt"
-        atomic_save(self.state_dict(), path)
-        tmp = self.out / ".last.pt.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        os.link(path, tmp)
-        os.replace(tmp, self.out / "last.pt")
+        error: OSError | None = None
+        if self.dist.is_main:
+            try:
+                atomic_save(self.state_dict(), path)
+                _link_or_copy(path, self.out / "last.pt")
+            except OSError as e:
+                error = e
+        if self.dist.enabled:  # every process stops if rank 0 could not write
+            flag = torch.tensor([float(error is not None)], device=self.device)
+            torch.distributed.all_reduce(flag)
+            failed = bool(flag.item())
+        else:
+            failed = error is not None
+        if failed:
+            prev = self.out / "last.pt"
+            kept = f"the previous checkpoint {prev} is intact" if prev.is_file() else \
+                "no earlier checkpoint exists"
+            why = f"{error.strerror or error}" if error is not None else "see rank 0"
+            raise TrainingError(
+                f"cannot write checkpoint {path} ({why}); {kept}. Free space in {self.out} "
+                f"(or choose another --out), then resume with --resume {self.out}"
+            ) from error
+        if not self.dist.is_main:
+            return None
         for old in sorted(self.out.glob("ckpt_*.pt"))[: -self.cfg.log.keep_last]:
-            old.unlink()
+            try:
+                old.unlink()
+            except OSError as e:  # pruning is housekeeping: never lose a run over it
+                log.warning("could not delete old checkpoint %s (%s)", old, e.strerror or e)
         return path
 
+    def _nonfinite_state(self) -> str | None:
+        """What is non-finite in the pending loss or the weights, or None (one host sync)."""
+        checks = []
+        if self._loss_sum is not None:
+            checks.append(self._loss_sum.reshape(1).float())
+        params = [p.detach() for p in self.model.parameters()]
+        if params:
+            checks.append(torch.stack(torch._foreach_norm(params)).float())
+        flags = torch.stack([(~torch.isfinite(c)).any() for c in checks]).float()
+        if self.dist.enabled:
+            torch.distributed.all_reduce(flags)
+        flags = flags.tolist()
+        if self._loss_sum is not None and flags[0]:
+            return "the loss became non-finite (nan/inf)"
+        if flags[-1]:
+            return "the weights became non-finite (nan/inf)"
+        return None
+
     def _resume(self, where: str) -> None:
-        path = find_checkpoint(where)
-        ckpt = load_checkpoint(path, map_location=str(self.device))
+        path, ckpt = self._load_resumable(where)
         if ckpt.get("format") != FORMAT:
             raise TrainingError(f"'{path}' is not a byol training checkpoint; cannot resume from it")
+        missing = [k for k in ("config", "model", "optimizer", "step", "epoch", "step_in_epoch")
+                   if k not in ckpt]
+        if missing:
+            raise TrainingError(
+                f"'{path}' has no {', '.join(missing)} (an imported or exported checkpoint?): it "
+                "can be evaluated but not resumed; start a new run without --resume"
+            )
         saved = config_from_dict(ckpt["config"], str(path))
         if saved.model != self.cfg.model:
+            mine, theirs = self.cfg.to_dict()["model"], saved.to_dict()["model"]
+            diff = ", ".join(f"model.{k}: checkpoint {theirs[k]!r} vs config {mine[k]!r}"
+                             for k in mine if mine[k] != theirs[k])
             raise TrainingError(
-                f"'{path}' was trained with other model settings ({saved.model}); resume with the "
-                "same config (it is stored in the checkpoint: `byol config show --checkpoint`)"
+                f"'{path}' was trained with other model settings ({diff}); resume with the same "
+                "config (it is stored in the checkpoint: `byol config show --checkpoint`)"
             )
         load_state_reporting(self.model, ckpt["model"], str(path))
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        self.state = RunState(
-            ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"], list(ckpt.get("history", []))
-        )
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if "scaler" in ckpt:
+                self.scaler.load_state_dict(ckpt["scaler"])
+            if "rng" in ckpt:
+                torch.set_rng_state(ckpt["rng"]["torch"])
+            self.state = RunState(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["step_in_epoch"]),
+                                  list(ckpt.get("history", [])), int(ckpt.get("skipped_steps", 0)))
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise TrainingError(
+                f"'{path}': its optimiser/run state does not fit this run ({type(e).__name__}: "
+                f"{e}); was optim.name changed? Resume with the config stored in the checkpoint"
+            ) from None
+        saved_batch = saved.train.batch_size * saved.train.accumulate * int(ckpt.get("world_size", 1))
+        if saved_batch != self.global_batch and self.dist.is_main:
+            log.warning("resuming a run trained with global batch %d at global batch %d: the data "
+                        "order and schedules will differ from the original run",
+                        saved_batch, self.global_batch)
         if self.dist.is_main:
             log.info("resumed from %s at step %d (epoch %d)", path, self.state.step, self.state.epoch)
+
+    def _load_resumable(self, where: str) -> tuple[Path, dict[str, Any]]:
+        """The checkpoint to resume from: a file, or a run folder's newest readable one (a
+        damaged last.pt falls back to the next newest ckpt_*.pt, with a warning)."""
+        p = Path(where)
+        if not p.is_dir():
+            path = find_checkpoint(p)
+            return path, load_checkpoint(path, map_location=str(self.device))
+        candidates = [p / "last.pt"] if (p / "last.pt").is_file() else []
+        candidates += sorted(p.glob("ckpt_*.pt"), reverse=True)
+        if not candidates:
+            find_checkpoint(p)  # raises the "no checkpoint" error
+        errors = []
+        for path in candidates:
+            try:
+                return path, load_checkpoint(path, map_location=str(self.device))
+            except CheckpointError as e:
+                errors.append(str(e))
+                if self.dist.is_main:
+                    log.warning("skipping unreadable checkpoint: %s", e)
+        raise TrainingError(f"no readable checkpoint in '{p}' to resume from: {'; '.join(errors)}")
 
     # -- logging ----------------------------------------------------------------------------
 
@@ -351,8 +450,14 @@ class Trainer:
         self.state.history.append(row)
         if not self.dist.is_main:
             return
-        with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:  # the row stays in the checkpoint's history; keep training
+            if not self._metrics_warned:
+                log.warning("cannot append to %s (%s); rows are still kept in the checkpoints' "
+                            "history", self.out / "metrics.jsonl", e.strerror or e)
+                self._metrics_warned = True
         if self.writer is not None:
             for k, v in row.items():
                 if k not in ("step", "epoch") and isinstance(v, (int, float)):
@@ -431,10 +536,18 @@ class Trainer:
         """One optimiser step over this process's micro-batches of augmented views: forward and
         backward each (gradients synchronised across processes on the last one only), one
         optimiser step, one EMA update of the target. Returns the summed micro-batch losses
-        (on the device: no host sync) and the last online projections."""
+        (on the device: no host sync) and the last online projections.
+
+        With ``train.nonfinite=skip`` a step whose loss or gradients are not finite changes
+        nothing (weights, EMA target, optimiser state, BatchNorm statistics) and sets
+        ``self.last_step_skipped``; that check costs one host sync per step, so it is only done
+        in that mode."""
         opt, ddp = self.optimizer, self.ddp
         for group in opt.param_groups:
             group["lr"] = lr
+        skip_mode = self._skip_nonfinite
+        if skip_mode:  # BatchNorm statistics, restored if the step is dropped
+            buffers = [(b, b.clone()) for b in self.model.buffers()]
         loss_sum = torch.zeros((), device=self.device)
         z = None
         for j, (v1, v2) in enumerate(micro):
@@ -449,14 +562,37 @@ class Trainer:
                     loss, z = ddp(v1, v2)
                 self.scaler.scale(loss / len(micro)).backward()
             loss_sum += loss.detach()
+        self.last_step_skipped = False
+        if skip_mode:
+            self.scaler.unscale_(opt)  # (a no-op without fp16 loss scaling)
+            if not self._finite_step(loss_sum):
+                self.scaler.update()  # fp16: lowers the loss scale, as a scaler-skipped step does
+                opt.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for b, saved in buffers:
+                        b.copy_(saved)
+                self.last_step_skipped = True
+                return loss_sum, z
         if self.cfg.optim.grad_clip > 0:
-            self.scaler.unscale_(opt)
+            if not skip_mode:
+                self.scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(self.model.online_parameters(), self.cfg.optim.grad_clip)
         self.scaler.step(opt)
         self.scaler.update()
         opt.zero_grad(set_to_none=True)
         self.model.update_target(tau)  # once per optimiser step, never per micro-batch
         return loss_sum, z
+
+    def _finite_step(self, loss_sum: torch.Tensor) -> bool:
+        """True when every gradient (and, on one process, the loss) is finite: one fused norm
+        per parameter, one host sync. Under DDP the gradients are already averaged over the
+        processes, so every process takes the same decision."""
+        grads = [p.grad for p in self.model.online_parameters() if p.grad is not None]
+        norms = torch.stack(torch._foreach_norm(grads)) if grads else loss_sum.reshape(1)
+        ok = torch.isfinite(norms).all()
+        if not self.dist.enabled:
+            ok = ok & torch.isfinite(loss_sum)
+        return bool(ok)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -468,8 +604,9 @@ class Trainer:
         main = self.dist.is_main
         self.model.train()
         stop_at = min(self.total_steps, t.max_steps) if t.max_steps else self.total_steps
-        loss_sum = torch.zeros((), device=self.device)
+        loss_sum = self._loss_sum = torch.zeros((), device=self.device)
         loss_count, last_log_time, last_log_step = 0, time.perf_counter(), self.state.step
+        skipped, in_a_row = 0, 0  # train.nonfinite=skip: dropped steps since the last log / in a row
         z_last = None
         t0 = time.perf_counter()
         from tqdm import tqdm
@@ -487,39 +624,71 @@ class Trainer:
             for step_in_epoch, micro in zip(steps, batches):
                 step = self.state.step
                 lr, tau = self.schedules(step)
-                loss, z_last = self.train_step(micro, lr, tau)
-                loss_sum += loss
-                loss_count += len(micro)
+                loss, z = self.train_step(micro, lr, tau)
+                if self.last_step_skipped:
+                    skipped, in_a_row, self.state.skipped = skipped + 1, in_a_row + 1, self.state.skipped + 1
+                    if in_a_row >= MAX_CONSECUTIVE_SKIPS:
+                        raise TrainingError(
+                            f"{in_a_row} optimiser steps in a row up to step {step + 1} had a "
+                            "non-finite loss or gradient (train.nonfinite=skip): training diverged. "
+                            f"The last good checkpoint is kept in {self.out}; lower optim.base_lr "
+                            "or check the data, then --resume"
+                        )
+                else:
+                    loss_sum += loss
+                    loss_count += len(micro)
+                    in_a_row, z_last = 0, z
                 self.state.step += 1
                 self.state.step_in_epoch = step_in_epoch + 1
                 bar.update(1)
+                if self.state.step == self._fault_step:  # test hook: a worker dies (see top)
+                    os._exit(1)
 
+                stop = self._stop_signal is not None
                 if self.state.step % cfg.log.log_every == 0 or self.state.step == stop_at:
                     mean = loss_sum / max(loss_count, 1)
-                    if self.dist.enabled:  # log the global mean, as mmengine does
-                        torch.distributed.all_reduce(mean)
-                        mean /= self.dist.world_size
-                    mean_loss = mean.item()  # the one host sync
+                    if self.dist.enabled:  # log the global mean, as mmengine does; and agree on
+                        # stopping (a signal may reach the processes at different steps)
+                        both = torch.stack([mean, torch.tensor(float(stop), device=self.device)])
+                        torch.distributed.all_reduce(both)
+                        mean_loss, stop_votes = both.tolist()  # the one host sync
+                        mean_loss /= self.dist.world_size
+                        stop = stop_votes > 0
+                        if stop and self._stop_signal is None:
+                            self._stop_signal = signal.SIGTERM  # another process got it
+                    else:
+                        mean_loss = mean.item()  # the one host sync
                     now = time.perf_counter()
                     ips = (self.state.step - last_log_step) * self.global_batch / max(now - last_log_time, 1e-9)
                     row = {"step": self.state.step, "epoch": epoch + (step_in_epoch + 1) / self.steps_per_epoch,
-                           "loss": mean_loss, "lr": lr, "tau": tau, "images_per_s": ips,
-                           "z_std": _normalised_std(z_last)}
+                           "loss": mean_loss if loss_count else None, "lr": lr, "tau": tau,
+                           "images_per_s": ips, "z_std": _normalised_std(z_last)}
+                    if self._skip_nonfinite:
+                        row["skipped"] = skipped
+                        if skipped and main:
+                            log.warning("skipped %d optimiser step(s) with a non-finite loss or "
+                                        "gradient up to step %d (train.nonfinite=skip)",
+                                        skipped, self.state.step)
                     if not math.isfinite(mean_loss):
                         raise TrainingError(
-                            f"the loss became {mean_loss} at step {self.state.step}: training "
-                            f"diverged. The last good checkpoint is kept in {self.out}; lower "
-                            "optim.base_lr or raise optim.warmup_epochs, then --resume"
+                            f"the loss became {mean_loss} at step {self.state.step} (checked every "
+                            f"log.log_every={cfg.log.log_every} steps): training diverged. The last "
+                            f"good checkpoint is kept in {self.out}; lower optim.base_lr, raise "
+                            "optim.warmup_epochs or set train.nonfinite=skip, then --resume"
                         )
                     if row["z_std"] < cfg.log.collapse_warn_std and main:
-                        log.warning("possible collapse: per-dimension std of normalised projections "
-                                    "is %.4f (healthy ~%.3f)", row["z_std"], 1 / math.sqrt(cfg.model.proj_dim))
+                        log.warning("possible collapse at step %d: per-dimension std of normalised "
+                                    "projections is %.4f (healthy ~%.3f)", self.state.step,
+                                    row["z_std"], 1 / math.sqrt(cfg.model.proj_dim))
                     self._record(row)
                     bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", tau=f"{tau:.4f}",
                                     ips=f"{ips:.0f}")
                     loss_sum.zero_()
-                    loss_count, last_log_time, last_log_step = 0, now, self.state.step
-                if self._stop_signal is not None:
+                    loss_count, last_log_time, last_log_step, skipped = 0, now, self.state.step, 0
+                    if stop:
+                        bar.close()
+                        return self._stop_for_signal()
+                elif stop and not self.dist.enabled:
                     bar.close()
                     return self._stop_for_signal()
                 if self.state.step >= stop_at:
@@ -536,8 +705,9 @@ class Trainer:
         du.barrier()
         wall = time.perf_counter() - t0
         result = {"steps": self.state.step, "epochs": self.state.epoch, "wall_s": wall,
-                  "last": str(self.out / "last.pt"),
-                  "final_loss": next((r["loss"] for r in reversed(self.state.history) if "loss" in r), None)}
+                  "last": str(self.out / "last.pt"), "skipped_steps": self.state.skipped,
+                  "final_loss": next((r["loss"] for r in reversed(self.state.history)
+                                      if r.get("loss") is not None), None)}
         if main:
             (self.out / "train_result.json").write_text(json.dumps(result, indent=2))
         return result
@@ -564,7 +734,16 @@ class Trainer:
         for _ in range(first, self.steps_per_epoch):
             micro = []
             for _ in range(t.accumulate):
-                v1, v2, _labels = next(it)
+                try:
+                    v1, v2, _labels = next(it)
+                except RuntimeError as e:
+                    if "DataLoader worker" not in str(e):
+                        raise
+                    raise TrainingError(
+                        f"a data loading worker died ({str(e).splitlines()[0]}); the checkpoints "
+                        f"in {self.out} are intact: resume with --resume {self.out} (lower "
+                        "data.num_workers if the machine ran out of memory)"
+                    ) from e
                 with torch.no_grad():
                     micro.append(self.feeder.finish(v1, v2, seeds[k]))
                 k += 1
@@ -592,6 +771,26 @@ class Trainer:
                 "--config %s --resume %s", name, self.state.step, path, self.out / "config.yaml", self.out,
             )
         return {"steps": self.state.step, "interrupted": name, "last": str(self.out / "last.pt")}
+
+
+def _link_or_copy(path: Path, last: Path) -> None:
+    """Point ``last`` at ``path`` atomically: a hard link, or a copy where the file system has
+    none; a temporary file is never left behind."""
+    tmp = last.with_name(f".{last.name}.tmp")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            os.link(path, tmp)
+        except OSError:  # no hard links here (some network / FUSE file systems)
+            import shutil
+
+            shutil.copyfile(path, tmp)
+        os.replace(tmp, last)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _normalised_std(z: torch.Tensor | None) -> float:

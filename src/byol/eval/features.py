@@ -245,13 +245,15 @@ def iter_image_batches(
 
 
 def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast on CPU and CUDA for ``auto``/``bf16``; fp16 only on CUDA; none for fp32."""
+    """Autocast per :func:`byol.precision.autocast_dtype`; fp16 only on CUDA."""
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise EvalError(f"precision={precision!r}: choose auto, bf16, fp16 or fp32")
-    if precision == "fp32":
+    from ..precision import autocast_dtype
+
+    dtype = autocast_dtype(precision, device)
+    if dtype is None or device.type not in ("cpu", "cuda"):
         return nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    if device.type not in ("cpu", "cuda") or (dtype == torch.float16 and device.type != "cuda"):
+    if dtype == torch.float16 and device.type != "cuda":
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
 

@@ -131,9 +131,11 @@ def _class_task(x: np.ndarray, t_train: np.ndarray, x_test: np.ndarray, t_test: 
 
     y = np.where(t_train == 1, 1, -1)  # difficult (0) are negatives in training
     npos, nneg = int((y == 1).sum()), int((y == -1).sum())
-    if npos == 0 or nneg == 0:
-        raise EvalError(f"a class has {npos} positives and {nneg} negatives in train: an SVM "
-                        "needs both")
+    if npos == 0 or nneg == 0:  # e.g. a --limit subset: report the class as NaN, not a crash
+        log.warning("SVM: a class has %d positives and %d negatives in train; skipped", npos,
+                    nneg)
+        return {"cost": float("nan"), "cv_ap": [float("nan")] * len(costs), "ap": float("nan"),
+                "nonconverged": 0}
     splits = min(folds, npos, nneg)
     cv_ap = np.full(len(costs), np.nan)
     nonconv = 0
@@ -192,6 +194,9 @@ def svm_voc07(
         for j in range(c)
     )
     aps = np.array([o["ap"] for o in out], dtype=np.float64)
+    if np.all(np.isnan(aps)):
+        raise EvalError("no class has both positives and negatives in train and positives in "
+                        "test: the SVM protocol cannot score this data")
     return {
         "map": 100.0 * float(np.nanmean(aps)),
         "ap": {n: 100.0 * o["ap"] for n, o in zip(names, out)},
