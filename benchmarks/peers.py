@@ -98,22 +98,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype (None: fp32), with the same ``auto`` policy as ``byol``'s engine."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if precision != "auto":
-        raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {precision!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        from byol.engine import cpu_has_fast_bf16
+    """The same autocast rule as our engine (byol.precision), so every row runs alike."""
+    from byol.precision import autocast_dtype
 
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
-    return None
+    if precision not in ("auto", "bf16", "fp16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16, fp16 or fp32, got {precision!r}")
+    return autocast_dtype(precision, device)
 
 
 def _precision_name(dtype: torch.dtype | None) -> str:

@@ -52,7 +52,7 @@ def test_config_show_applies_overrides(capsys):
     shown = yaml.safe_load(out)
     assert shown["train"]["epochs"] == 5
     assert shown["name"] == "fmnist_quick"
-    assert shown["model"]["width"] == 32
+    assert shown["model"]["width"] == 16
 
 
 def test_config_list_lists_presets(capsys):

@@ -92,8 +92,8 @@ def test_fmnist_presets_load(name):
 
 def test_fmnist_quick_inherits_and_overrides_full():
     full, quick = load_config("fmnist_full"), load_config("fmnist_quick")
-    assert full.train.epochs == 200 and quick.train.epochs == 3
-    assert full.model.width == 64 and quick.model.width == 32
+    assert full.train.epochs == 200 and quick.train.epochs == 2
+    assert full.model.width == 64 and quick.model.width == 16
     assert quick.augment.view1.crop_scale == full.augment.view1.crop_scale == (0.2, 1.0)
     assert quick.data.path == full.data.path
 
@@ -203,7 +203,7 @@ def test_yaml_base_inheritance(tmp_path):
     path.write_text("_base_: fmnist_quick\ntrain:\n  epochs: 9\n")
     cfg = load_config(str(path))
     assert cfg.train.epochs == 9
-    assert cfg.model.width == 32  # from fmnist_quick
+    assert cfg.model.width == 16  # from fmnist_quick
     assert cfg.train.batch_size == 256
 
 

@@ -315,7 +315,7 @@ def train_detector(model: nn.Module, train: DetectionDataset, settings: dict[str
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-        show(it, losses[-1], opt.param_groups[0]["lr"], {k: float(v) for k, v in parts.items()})
+        show(it, losses[-1], opt.param_groups[0]["lr"], {k: float(v.detach()) for k, v in parts.items()})
         it += 1
         if it >= iters:
             break

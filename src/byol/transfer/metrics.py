@@ -181,12 +181,12 @@ def _coco_eval_image(gt, pred, cls, iou_type, max_det):
     g_area = _gt_areas(gt)[gsel]
     if iou_type == "bbox":
         ious = box_iou(np.asarray(pred["boxes"])[dsel], np.asarray(gt["boxes"])[gsel], crowd)
-        db = np.asarray(pred["boxes"], np.float64).reshape(-1, 4)[dsel]
-        d_area = (db[:, 2] - db[:, 0]) * (db[:, 3] - db[:, 1])
     else:
-        dm = [pred["masks"][i] for i in dsel]
-        ious = mask_iou(dm, [gt["masks"][i] for i in gsel], crowd)
-        d_area = np.array([m.area for m in dm], np.float64)
+        ious = mask_iou([pred["masks"][i] for i in dsel], [gt["masks"][i] for i in gsel], crowd)
+    # a detection's area (for the area ranges) is its box's, in segm evaluation too: detectron2
+    # and mmdet hand COCO results with a "bbox", and pycocotools' loadRes then uses w * h
+    db = np.asarray(pred["boxes"], np.float64).reshape(-1, 4)[dsel]
+    d_area = (db[:, 2] - db[:, 0]) * (db[:, 3] - db[:, 1])
     out = {}
     T = len(IOU_THRS)
     for name, (lo, hi) in AREA_RANGES.items():

@@ -251,7 +251,7 @@ def train_segmenter(model: FCN, train: SegmentationDataset, settings: dict[str, 
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
-        show(it, losses[-1], lr, {k: float(v) for k, v in parts.items()})
+        show(it, losses[-1], lr, {k: float(v.detach()) for k, v in parts.items()})
         it += 1
         if it >= iters:
             break
