@@ -16,6 +16,12 @@ from pathlib import Path
 from typing import Any
 
 EXIT_BAD_INPUT = 2
+# the choices, here so that registering the commands imports no torchvision detection code
+# (tests check them against byol.transfer.detection / segmentation)
+DETECTION_MODELS = ("faster_rcnn_c4", "faster_rcnn_fpn", "mask_rcnn_fpn")
+DETECTION_PRESET_NAMES = ("voc0712_24k", "coco_1x", "cpu_small")
+SEGMENTATION_PRESET_NAMES = ("voc12aug_20k", "cpu_small")
+EVALS = ("voc", "coco", "both")
 _RAW = argparse.RawDescriptionHelpFormatter
 log = logging.getLogger("byol.transfer")
 
@@ -67,7 +73,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="allow full unpickling of a foreign checkpoint you trust")
 
 
-def _schedule_args(p: argparse.ArgumentParser, presets: dict[str, Any]) -> argparse._ArgumentGroup:
+def _schedule_args(p: argparse.ArgumentParser, presets: tuple[str, ...]) -> argparse._ArgumentGroup:
     g = p.add_argument_group("protocol (preset values unless given)")
     g.add_argument("--preset", default="cpu_small",
                    help=f"{', '.join(presets)} or a YAML file of settings (optionally "
@@ -102,9 +108,6 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def add_commands(subparsers: Any) -> None:
     """Register ``transfer detection``, ``transfer segmentation`` and ``transfer presets``."""
-    from .detection import DETECTION_MODELS, DETECTION_PRESETS, EVALS
-    from .segmentation import SEGMENTATION_PRESETS
-
     tr = subparsers.add_parser(
         "transfer", help="fine-tune on detection (Faster/Mask R-CNN) or segmentation (FCN)",
         formatter_class=_RAW,
@@ -129,7 +132,7 @@ def add_commands(subparsers: Any) -> None:
     g.add_argument("--classes", help="VOC class order: comma list or a file with one per line")
     g.add_argument("--limit", type=int, default=0, help="first N training images (0: all)")
     g.add_argument("--test-limit", type=int, default=0, help="first N test images (0: all)")
-    g = _schedule_args(p, DETECTION_PRESETS)
+    g = _schedule_args(p, DETECTION_PRESET_NAMES)
     g.add_argument("--model", choices=DETECTION_MODELS, help="detector (preset's by default)")
     g.add_argument("--steps", type=int, nargs="+", help="lr x0.1 iterations")
     g.add_argument("--warmup-iters", type=int, help="linear warmup iterations")
@@ -155,11 +158,11 @@ def add_commands(subparsers: Any) -> None:
     g.add_argument("--test-mask-dir", help="label folder of the test split (default "
                    "SegmentationClass when --mask-dir is the Aug folder, else --mask-dir)")
     g.add_argument("--num-classes", type=int,
-                   help="classes incl. background (default: class_names.txt, the preset, or "
-                   "1 + the largest label)")
+                   help="classes incl. background (default: the preset's, 1 + the lines of "
+                   "ROOT/class_names.txt, or 1 + the largest label)")
     g.add_argument("--limit", type=int, default=0, help="first N training images (0: all)")
     g.add_argument("--test-limit", type=int, default=0, help="first N test images (0: all)")
-    g = _schedule_args(p, SEGMENTATION_PRESETS)
+    g = _schedule_args(p, SEGMENTATION_PRESET_NAMES)
     g.add_argument("--crop-size", type=int, help="training crop side")
     g.add_argument("--base-size", type=int, help="training short side before the random ratio")
     g.add_argument("--output-stride", type=int, choices=(8, 16, 32), help="dilated ResNet stride")
@@ -294,7 +297,7 @@ def _classes(text: str | None) -> list[str] | None:
 
 
 def cmd_detection(args: argparse.Namespace) -> int:
-    from ..distributed import cleanup
+    from ..distributed import barrier, cleanup
     from .common import resolve_settings
     from .datasets import TransferError, concat_sets, read_class_names, read_detection
     from .detection import DETECTION_PRESETS, run_detection, summary
@@ -333,6 +336,7 @@ def cmd_detection(args: argparse.Namespace) -> int:
             if rec is not None:
                 print(summary(rec), flush=True)
                 records.append(rec)
+            barrier()  # other ranks wait for rank 0's evaluation
     finally:
         cleanup()
     if records:
@@ -341,7 +345,7 @@ def cmd_detection(args: argparse.Namespace) -> int:
 
 
 def cmd_segmentation(args: argparse.Namespace) -> int:
-    from ..distributed import cleanup
+    from ..distributed import barrier, cleanup
     from .common import resolve_settings
     from .datasets import read_class_names, read_voc_segmentation
     from .segmentation import SEGMENTATION_PRESETS, run_segmentation, summary
@@ -363,7 +367,8 @@ def cmd_segmentation(args: argparse.Namespace) -> int:
     test_root = args.test_data or args.data
     test = read_voc_segmentation(test_root, s["test_split"],
                                  mask_dir=test_mask).subset(args.test_limit)
-    names = read_class_names(args.data)
+    objects = read_class_names(args.data)  # object classes, as for detection (no background)
+    names = ["background", *objects] if objects else None
     if names is None and s.get("num_classes") == 21:
         from .datasets import VOC_SEG_CLASSES
 
@@ -382,6 +387,7 @@ def cmd_segmentation(args: argparse.Namespace) -> int:
             if rec is not None:
                 print(summary(rec), flush=True)
                 records.append(rec)
+            barrier()  # other ranks wait for rank 0's evaluation
     finally:
         cleanup()
     if records:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import warnings
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -422,7 +423,9 @@ def segm_to_mask(segm: Any, h: int, w: int) -> np.ndarray:
             rle = mask_util.frPyObjects(segm, h, w)
         else:
             rle = segm
-        return np.asarray(mask_util.decode(rle), np.uint8)
+        with warnings.catch_warnings():  # pycocotools vs numpy 2 'copy' keyword notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return np.asarray(mask_util.decode(rle), np.uint8)
     if isinstance(segm, list):
         img = Image.new("L", (w, h), 0)
         draw = ImageDraw.Draw(img)
@@ -551,7 +554,8 @@ def read_voc_segmentation(root: str | Path, split: str, *,
 
 
 def read_class_names(root: str | Path) -> list[str] | None:
-    """``class_names.txt`` next to the data (one name per line), if present."""
+    """``ROOT/class_names.txt`` (one object class per line, no background), if present: the
+    detection label order, and segmentation labels 1..K (0 being the background)."""
     f = Path(root) / "class_names.txt"
     if f.is_file():
         return [line.strip() for line in f.read_text().splitlines() if line.strip()]

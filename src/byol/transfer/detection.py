@@ -246,6 +246,12 @@ def load_backbone_state(detector: nn.Module, state: dict[str, torch.Tensor],
     else:
         groups = {"body": state}
     for name, mod in parts.items():
+        own = mod.state_dict()
+        bad = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in groups[name].items()
+               if k in own and own[k].shape != v.shape]
+        if bad:
+            raise TransferError(f"the backbone state dict does not fit the detector: {len(bad)} "
+                                f"shapes differ, e.g. {'; '.join(bad[:3])}")
         r = mod.load_state_dict(groups[name], strict=False)
         missing += list(r.missing_keys)
         unexpected += list(r.unexpected_keys)

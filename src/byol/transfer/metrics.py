@@ -337,60 +337,62 @@ def voc_ap_from_pr(recall: np.ndarray, precision: np.ndarray, mode: str = "11poi
 def voc_map(gts: Sequence[dict[str, Any]], preds: Sequence[dict[str, Any]], *,
             num_classes: int | None = None, iou_thrs: Sequence[float] = (0.5,),
             mode: str = "11points") -> dict[str, Any]:
-    """{"mAP@<thr>": mean over classes with ground truth, "per_class": {thr: [AP per class]}}."""
+    """{"mAP@<thr>": mean over classes with ground truth, "per_class": {thr: [AP per class]}}
+    (thresholds as percentages in the keys: ``mAP@50``)."""
     if num_classes is None:
         num_classes = 1 + max([int(np.max(g["labels"])) for g in gts if len(g["labels"])] + [-1])
+    # per class: the sorted detections of every image and their IoUs, computed once
+    per_class = []
+    for c in range(num_classes):
+        items, num_gt = [], 0
+        for g, p in zip(gts, preds):
+            gsel = np.flatnonzero(np.asarray(g["labels"]) == c)
+            ig = _ignored(g)[gsel]
+            num_gt += int(np.count_nonzero(~ig))
+            dsel = np.flatnonzero(np.asarray(p["labels"]) == c)
+            if not len(dsel):
+                continue
+            s = np.asarray(p["scores"], np.float64)[dsel]
+            order = np.argsort(-s, kind="mergesort")
+            ious = box_iou(np.asarray(p["boxes"])[dsel[order]], np.asarray(g["boxes"])[gsel])
+            items.append((s[order], ious, ig))
+        per_class.append((items, num_gt))
     out: dict[str, Any] = {"per_class": {}}
+    eps = np.finfo(np.float64).eps
     for thr in iou_thrs:
         aps: list[float] = []
-        for c in range(num_classes):
-            scores, tps, fps, num_gt = [], [], [], 0
-            for g, p in zip(gts, preds):
-                gl = np.asarray(g["labels"])
-                gsel = np.flatnonzero(gl == c)
-                ig = _ignored(g)[gsel]
-                num_gt += int(np.count_nonzero(~ig))
-                dsel = np.flatnonzero(np.asarray(p["labels"]) == c)
-                if not len(dsel):
-                    continue
-                s = np.asarray(p["scores"], np.float64)[dsel]
-                order = np.argsort(-s, kind="mergesort")
-                dsel, s = dsel[order], s[order]
-                tp, fp = np.zeros(len(dsel)), np.zeros(len(dsel))
-                if not len(gsel):
+        for items, num_gt in per_class:
+            if num_gt == 0:
+                aps.append(float("nan"))
+                continue
+            scores, tps, fps = [], [], []
+            for s, ious, ig in items:
+                tp, fp = np.zeros(len(s)), np.zeros(len(s))
+                if ious.shape[1] == 0:
                     fp[:] = 1
                 else:
-                    ious = box_iou(np.asarray(p["boxes"])[dsel], np.asarray(g["boxes"])[gsel])
                     best, arg = ious.max(1), ious.argmax(1)
-                    covered = np.zeros(len(gsel), bool)
-                    for d in range(len(dsel)):
-                        if best[d] >= thr:
-                            m = arg[d]
-                            if ig[m]:
-                                continue
-                            if not covered[m]:
-                                covered[m] = True
-                                tp[d] = 1
-                            else:
-                                fp[d] = 1
+                    covered = np.zeros(ious.shape[1], bool)
+                    for d in range(len(s)):
+                        if best[d] < thr:
+                            fp[d] = 1
+                        elif ig[arg[d]]:
+                            continue  # a difficult object: neither TP nor FP
+                        elif not covered[arg[d]]:
+                            covered[arg[d]] = True
+                            tp[d] = 1
                         else:
                             fp[d] = 1
                 scores.append(s)
                 tps.append(tp)
                 fps.append(fp)
-            if num_gt == 0:
-                aps.append(float("nan"))
-                continue
             if scores:
                 order = np.argsort(-np.concatenate(scores), kind="mergesort")
                 tp = np.cumsum(np.concatenate(tps)[order])
                 fp = np.cumsum(np.concatenate(fps)[order])
             else:
                 tp = fp = np.zeros(0)
-            eps = np.finfo(np.float64).eps
-            rec = tp / max(num_gt, eps)
-            prec = tp / np.maximum(tp + fp, eps)
-            aps.append(voc_ap_from_pr(rec, prec, mode))
+            aps.append(voc_ap_from_pr(tp / max(num_gt, eps), tp / np.maximum(tp + fp, eps), mode))
         valid = [a for a in aps if not np.isnan(a)]
         key = f"{round(thr * 100)}"
         out[f"mAP@{key}"] = float(np.mean(valid)) if valid else float("nan")
