@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_commands = None
     if add_commands is not None:
         add_commands(sub)
+    from .transfer.cli import add_commands as add_transfer
+
+    add_transfer(sub)
     try:
         from .bench import add_commands as add_bench
     except ImportError:
@@ -178,12 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     from .engine import TrainingError
 
     known: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, TrainingError)
-    try:
-        from .data import DataError
+    from .data import DataError
+    from .transfer import TransferError
 
-        known += (DataError,)
-    except ImportError:
-        pass
+    known += (DataError, TransferError)
     try:
         return int(args.func(args) or 0)
     except known as e:

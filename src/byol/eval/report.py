@@ -31,7 +31,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-PROTOCOLS = ("knn", "linear", "linear_aug", "mhead", "svm", "lowshot", "finetune")
+PROTOCOLS = ("knn", "linear", "linear_aug", "mhead", "svm", "lowshot", "finetune", "detection",
+             "segmentation")
 KNN_KS = ("k=10", "k=20", "k=100", "k=200")
 FEATURES = ("feature1", "feature2", "feature3", "feature4", "feature5")
 LOWSHOT_COLS = ("k=1", "k=2", "k=4", "k=8", "k=16", "k=32", "k=64", "k=96")

@@ -322,10 +322,12 @@ def cmd_detection(args: argparse.Namespace) -> int:
     if test.classes != train.classes:
         raise TransferError(f"--test-data {test_path} has classes {test.classes[:5]}... but the "
                             f"training data {train.classes[:5]}...; they must be the same")
-    data_info = {"format": train.format, "train_path": " ".join(str(d) for d in args.data),
+    data_info = {"source": train.format, "path": " ".join(str(d) for d in args.data),
                  "train": s["train_split"], "test_path": str(test_path), "test": s["test_split"],
                  "num_train": len(train), "num_test": len(test),
-                 "num_classes": len(train.classes), "load_s": round(time.perf_counter() - t0, 2)}
+                 "num_classes": len(train.classes)}
+    log.info("data read in %.1f s: %d train / %d test images, %d classes",
+             time.perf_counter() - t0, len(train), len(test), len(train.classes))
     records = []
     try:
         for k, spec in enumerate(_specs(args)):
@@ -373,9 +375,11 @@ def cmd_segmentation(args: argparse.Namespace) -> int:
         from .datasets import VOC_SEG_CLASSES
 
         names = list(VOC_SEG_CLASSES)
-    data_info = {"format": "voc-seg", "train_path": str(args.data), "train": s["train_split"],
+    data_info = {"source": "voc-seg", "path": str(args.data), "train": s["train_split"],
                  "test_path": str(test_root), "test": s["test_split"], "num_train": len(train),
-                 "num_test": len(test), "load_s": round(time.perf_counter() - t0, 2)}
+                 "num_test": len(test)}
+    log.info("data read in %.1f s: %d train / %d test images", time.perf_counter() - t0,
+             len(train), len(test))
     records = []
     try:
         for k, spec in enumerate(_specs(args)):

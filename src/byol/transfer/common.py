@@ -97,7 +97,8 @@ def parse_set(items: Sequence[str] | None) -> dict[str, Any]:
 
 
 def dump_presets(table: Mapping[str, dict[str, Any]]) -> str:
-    return yaml.safe_dump({k: dict(v) for k, v in table.items()}, sort_keys=False)
+    return yaml.safe_dump({k: dict(v) for k, v in table.items()}, sort_keys=False,
+                          default_flow_style=None)
 
 
 # ---------------------------------------------------------------------------------------------

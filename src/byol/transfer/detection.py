@@ -418,7 +418,7 @@ def run_detection(model_spec: Any, train_set: DetectionSet, test_set: DetectionS
     t1 = time.perf_counter()
     test_ds = DetectionDataset(test_set, in_chans, train=False, with_masks=False)
     preds = predict(model, test_ds, device=device, batch_size=int(settings["eval_batch_size"]),
-                    test_size=int(settings["test_size"]),
+                    test_size=int(settings["test_size"] or 0) or None,
                     workers=default_workers(device) if workers is None else workers)
     if with_masks and not test_set.has_masks:
         log.warning("%s has no instance masks: mask AP is skipped", test_set.source)
@@ -430,8 +430,7 @@ def run_detection(model_spec: Any, train_set: DetectionSet, test_set: DetectionS
     results["train_s"] = hist["train_s"]
     results["eval_s"] = time.perf_counter() - t1
     keep = {k: v for k, v in settings.items()}
-    keep.update(num_classes=len(train_set.classes), world_size=world,
-                image_size=f"{settings['min_size']} -> test {settings['test_size']}")
+    keep.update(num_classes=len(train_set.classes), world_size=world)
     return make_transfer_record(
         "detection", model_spec.label, results, checkpoint=model_spec.checkpoint,
         arch=model_spec.arch, data=data_info or {}, settings=keep,
