@@ -438,7 +438,7 @@ def test_torchrun_worker_killed_job_completes_from_checkpoint(tmp_path):
     # attempt prefix, so the restarted gloo group can read the dead attempt's addresses
     # ("Gloo connectFullMesh failed ... Connection refused"); opting out of the shared store
     # gives each attempt a fresh one (see docs/RELIABILITY.md)
-    env = _env(BYOL_FAULT_KILL_AT_STEP="6", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    env = _env(BYOL_FAULT_KILL_AT_STEP="6")
     proc = subprocess.run(_torchrun(out, restarts=1), capture_output=True, text=True,
                           timeout=240, env=env)
     log_text = proc.stdout + proc.stderr

@@ -49,8 +49,37 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            backend=backend,
+            store=_attempt_store(rank, world),
+            rank=rank,
+            world_size=world,
+            device_id=device if device.type == "cuda" else None,
+        )
     return info, device
+
+
+def _attempt_store(rank: int, world: int) -> dist.Store:
+    """The rendezvous store, namespaced by torchrun's restart count.
+
+    torchrun (>= 2.x) shares one TCP store across restart rounds; without a per-attempt prefix
+    the workers of a restarted round read the dead round's addresses and the process group
+    fails to connect (seen: 3 of 3 restarts under ``--max-restarts``)."""
+    from datetime import timedelta
+
+    addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
+    port = int(os.environ.get("MASTER_PORT", "29500"))
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(
+        addr,
+        port,
+        world,
+        is_master=rank == 0 and not agent_hosts,
+        timeout=timedelta(minutes=30),
+        wait_for_workers=False,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"byol/attempt_{attempt}", store)
 
 
 def barrier() -> None:
