@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +24,17 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable or does not fit the model. Names the file and fix."""
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename into place: a crash
-    or full disk mid-write leaves any previous file at ``path`` untouched."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Run ``write(tmp_path)`` on a temporary file next to ``path``, fsync it, then rename it
+    into place: a crash or a full disk mid-write leaves any previous file at ``path`` intact and
+    never a truncated file that a loader would half-read."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -41,6 +43,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

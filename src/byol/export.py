@@ -31,15 +31,13 @@ import logging
 import os
 import pickle
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import FORMAT, CheckpointError, atomic_save, load_state_reporting
+from .checkpoint import FORMAT, CheckpointError, atomic_save, atomic_write, load_state_reporting
 
 log = logging.getLogger(__name__)
 
@@ -52,24 +50,6 @@ DEFAULT_SUFFIX = {"torchvision": ".pth", "timm": ".pth", "mmpretrain": ".pth", "
 
 # ---------------------------------------------------------------------------------------------
 # reading
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Run ``write(tmp_path)`` on a temporary file next to ``path``, then rename it into place:
-    an interrupted export never leaves a truncated file that a framework would half-load."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def read_any(path: str | os.PathLike, trust: bool = False) -> dict[str, Any]:
