@@ -569,3 +569,14 @@ def test_cli_choices_match_the_modules():
     assert cli.DETECTION_MODELS == DETECTION_MODELS and cli.EVALS == EVALS
     assert cli.DETECTION_PRESET_NAMES == tuple(DETECTION_PRESETS)
     assert cli.SEGMENTATION_PRESET_NAMES == tuple(SEGMENTATION_PRESETS)
+
+
+def test_report_renders_transfer_sections():
+    from byol.eval.report import make_record, render_markdown
+
+    det = make_record("detection", "byol", {"bbox": {"AP": 50.0, "AP50": 75.5, "AP75": 40.25},
+                                            "voc": {"AP50": 77.0}})
+    seg = make_record("segmentation", "random-init", {"mIoU": 12.5, "mAcc": 20.0, "aAcc": 90.0})
+    text = render_markdown([det, seg], reference=False)
+    assert "| byol | 50.00 | 75.50 | 40.25 | 77.00 |" in text
+    assert "| random-init | 12.50 | 20.00 | 90.00 |" in text

@@ -255,6 +255,11 @@ def render_markdown(records: Sequence[dict[str, Any]], *, title: str = "BYOL eva
     section("Fine-tuning with 1% / 10% / 100% of the labels (top-1 %)", "finetune", FINETUNE_COLS,
             lambda res: [_fmt(_get(res, c, "top1")) for c in FINETUNE_COLS],
             [_fmt(REFERENCE["finetune"].get(c)) for c in FINETUNE_COLS])
+    section("Detection transfer (%)", "detection", ("COCO box AP", "AP50", "AP75", "VOC AP50"),
+            lambda res: [_fmt(_get(res, "bbox", "AP")), _fmt(_get(res, "bbox", "AP50")),
+                         _fmt(_get(res, "bbox", "AP75")), _fmt(_get(res, "voc", "AP50"))])
+    section("Segmentation transfer (%)", "segmentation", ("mIoU", "mAcc", "aAcc"),
+            lambda res: [_fmt(res.get("mIoU")), _fmt(res.get("mAcc")), _fmt(res.get("aAcc"))])
     times = []
     for m in models:
         row = [name(m)]
