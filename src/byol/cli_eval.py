@@ -635,8 +635,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return errs
 
 
-def _wrap(name: str, fn):
+def _wrap(name: str, fn, extra_errors: tuple[type[BaseException], ...] = ()):
     """Bad input ends in one line naming the flag/file and the fix, exit code 2."""
+    from .cli import one_line
 
     def run(args: argparse.Namespace) -> int:
         if not logging.getLogger().handlers:
@@ -644,10 +645,10 @@ def _wrap(name: str, fn):
                                 datefmt="%H:%M:%S")
         try:
             return int(fn(args) or 0)
-        except _known_errors() as e:
+        except _known_errors() + extra_errors as e:
             if getattr(args, "debug", False):
                 raise
-            print(f"byol {name}: error: {e}", file=sys.stderr)
+            print(f"byol {name}: error: {one_line(e)}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except FileNotFoundError as e:
             if getattr(args, "debug", False):

@@ -185,43 +185,12 @@ def add_commands(subparsers: Any) -> None:
 # running
 
 
-def _known_errors() -> tuple[type[BaseException], ...]:
-    from ..checkpoint import CheckpointError
-    from ..config import ConfigError
-    from ..eval.features import EvalError
+def _wrap(name: str, fn):
+    """The evaluation commands' error handling, with transfer's own error added."""
+    from ..cli_eval import _wrap as wrap_eval
     from .datasets import TransferError
 
-    errs: tuple[type[BaseException], ...] = (TransferError, EvalError, CheckpointError,
-                                             ConfigError)
-    try:
-        from ..data import DataError
-
-        errs += (DataError,)
-    except ImportError:  # pragma: no cover
-        pass
-    return errs
-
-
-def _wrap(name: str, fn):
-    def run(args: argparse.Namespace) -> int:
-        if not logging.getLogger().handlers:
-            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                                datefmt="%H:%M:%S")
-        try:
-            return int(fn(args) or 0)
-        except _known_errors() as e:
-            if getattr(args, "debug", False):
-                raise
-            print(f"byol {name}: error: {e}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        except FileNotFoundError as e:
-            if getattr(args, "debug", False):
-                raise
-            print(f"byol {name}: error: {e.filename or e}: no such file or folder",
-                  file=sys.stderr)
-            return EXIT_BAD_INPUT
-
-    return run
+    return wrap_eval(name, fn, (TransferError,))
 
 
 def _overrides(args: argparse.Namespace, keys: dict[str, str]) -> dict[str, Any]:
