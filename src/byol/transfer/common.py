@@ -209,22 +209,6 @@ class Progress:
 # records
 
 
-def make_transfer_record(protocol: str, model: str, results: dict[str, Any], **kw: Any):
-    """A byol evaluation record (:func:`byol.eval.report.make_record`). Until report.py lists
-    ``detection`` / ``segmentation`` in PROTOCOLS, the same layout is built here."""
-    import datetime as _dt
-
-    from ..eval import report
-
-    if protocol in report.PROTOCOLS:
-        return report.make_record(protocol, model, results, **kw)
-    return {"byol_eval": 1, "protocol": protocol, "model": model,
-            "checkpoint": kw.get("checkpoint"), "arch": kw.get("arch"),
-            "data": kw.get("data") or {}, "settings": report._finite(kw.get("settings") or {}),
-            "results": report._finite(results), "wall_s": kw.get("wall_s"),
-            "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-
-
 def pct(d: Mapping[str, Any]) -> dict[str, Any]:
     """Fractions -> percentages (lists element-wise; NaN stays NaN, written as null)."""
     out: dict[str, Any] = {}

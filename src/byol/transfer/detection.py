@@ -40,12 +40,12 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from ..eval.report import make_record
 from .common import (
     InfiniteBatchSampler,
     Progress,
     default_workers,
     list_collate,
-    make_transfer_record,
     pct,
     seed_all,
     stem_stride,
@@ -431,7 +431,7 @@ def run_detection(model_spec: Any, train_set: DetectionSet, test_set: DetectionS
     results["eval_s"] = time.perf_counter() - t1
     keep = {k: v for k, v in settings.items()}
     keep.update(num_classes=len(train_set.classes), world_size=world)
-    return make_transfer_record(
+    return make_record(
         "detection", model_spec.label, results, checkpoint=model_spec.checkpoint,
         arch=model_spec.arch, data=data_info or {}, settings=keep,
         wall_s=time.perf_counter() - t0)

@@ -30,11 +30,11 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models.segmentation.fcn import FCNHead
 
+from ..eval.report import make_record
 from .common import (
     InfiniteBatchSampler,
     Progress,
     default_workers,
-    make_transfer_record,
     pct,
     poly,
     seed_all,
@@ -324,7 +324,7 @@ def run_segmentation(model_spec: Any, train_set: SegmentationSet, test_set: Segm
                    confusion=cm if num_classes <= 32 else None)
     keep = dict(settings)
     keep.update(world_size=world, image_size=settings["crop_size"])
-    return make_transfer_record(
+    return make_record(
         "segmentation", model_spec.label, results, checkpoint=model_spec.checkpoint,
         arch=model_spec.arch, data=data_info or {}, settings=keep,
         wall_s=time.perf_counter() - t0)
