@@ -9,8 +9,16 @@ batch, image size, precision and memory format:
   lightly         lightly's BYOL example: DataLoader + BYOLTransform (benchmarks/peers.py)
   byol-pytorch    lucidrains' BYOL learner with its on-device default augmentation
 
-and prints a Markdown table (library / mode / images/s / ours(augment) over this row / peak
-memory) under the command line, date and machine.
+and prints a Markdown table (library / mode / setup / images/s / ours(augment) over this row /
+peak memory) under the command line, date and machine.
+
+The peers run in one or both of two setups (``--peer-setup``):
+
+  documented      as their documentation runs them: float32, default (NCHW) memory format. This
+                  is what a user who follows their examples gets.
+  matched         our precision and memory format (bf16 autocast where it is fast, channels_last):
+                  the same arithmetic as ours, so the ratio is what each library's own machinery
+                  (data path, augmentation, optimiser, EMA) costs.
 
 examples:
   python benchmarks/throughput.py --tiny --device cpu
@@ -97,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="every row (default: on, as ours)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile our rows (the peers run eagerly, as their docs do)")
+    p.add_argument("--peer-setup", dest="peer_setup", default="both",
+                   choices=("documented", "matched", "both"),
+                   help="peers as documented (fp32, NCHW), with our precision and memory "
+                        "format, or both (default)")
     p.add_argument("--peers", default="lightly,byol-pytorch",
                    help="comma-separated: lightly, byol-pytorch ('' for ours only)")
     p.add_argument("--num-workers", dest="num_workers", type=int,
@@ -145,6 +157,7 @@ class Row:
     result: BenchResult | None
     notes: str
     error: str = ""
+    setup: str = "defaults"
 
     @property
     def ips(self) -> float | None:
@@ -171,29 +184,41 @@ def ours_args(args: argparse.Namespace, mode: str, out: str) -> argparse.Namespa
     return p.parse_args(argv)
 
 
-def spec_of(args: argparse.Namespace) -> peers.LoopSpec:
+def spec_of(args: argparse.Namespace, setup: str = "matched") -> peers.LoopSpec:
+    """The peers' loop settings: ``matched`` shares our precision and memory format,
+    ``documented`` is what their examples run (float32, NCHW)."""
+    documented = setup == "documented"
     return peers.LoopSpec(
         arch=args.arch, width=args.width, small_stem=args.small_stem, in_chans=3,
         image_size=args.image_size, batch=args.batch, steps=args.steps, warmup=args.warmup,
-        device=args.device, precision=args.precision, channels_last=args.channels_last,
+        device=args.device, precision="fp32" if documented else args.precision,
+        channels_last=False if documented else args.channels_last,
         proj_hidden_dim=args.proj_hidden_dim,
     )
 
 
-def plan(args: argparse.Namespace, out: str) -> list[tuple[str, str, object]]:
-    """(library, mode, thunk) in the order they run."""
-    spec = spec_of(args)
-    rows: list[tuple[str, str, object]] = []
-    for mode in ("augment", "data") + (("model",) if args.with_model else ()):
-        rows.append((OURS, mode, lambda m=mode: run_bench(ours_args(args, m, out))))
-    if "lightly" in args.peer_names:
-        for mode in ("data",) + (("model",) if args.with_model else ()):
-            rows.append(("lightly", mode, lambda m=mode: peers.lightly_loop(
-                spec, mode=m, num_workers=args.num_workers)))
-    if "byol-pytorch" in args.peer_names:
-        for mode in ("augment",) + (("model",) if args.with_model else ()):
-            rows.append(("byol-pytorch", mode, lambda m=mode: peers.byol_pytorch_loop(spec, mode=m)))
-    return rows
+def peer_setups(args: argparse.Namespace) -> tuple[str, ...]:
+    return ("documented", "matched") if args.peer_setup == "both" else (args.peer_setup,)
+
+
+def plan(args: argparse.Namespace, out: str) -> list[tuple[str, str, str, object]]:
+    """(library, mode, setup, thunk) in the order they run: documented peers first, then ours,
+    then matched peers. Our engine tunes the process's allocator on CPU when it starts
+    (``byol.runtime.keep_freed_memory``), which lasts for the process: documented rows run
+    before it, as their users would run them, and matched rows after it, on the same footing."""
+    ours = [(OURS, mode, "defaults", lambda m=mode: run_bench(ours_args(args, m, out)))
+            for mode in ("augment", "data") + (("model",) if args.with_model else ())]
+    extra = ("model",) if args.with_model else ()
+    by_setup: dict[str, list[tuple[str, str, str, object]]] = {}
+    for setup in peer_setups(args):
+        spec, rows = spec_of(args, setup), by_setup.setdefault(setup, [])
+        if "lightly" in args.peer_names:
+            rows += [("lightly", mode, setup, lambda m=mode, s=spec: peers.lightly_loop(
+                s, mode=m, num_workers=args.num_workers)) for mode in ("data", *extra)]
+        if "byol-pytorch" in args.peer_names:
+            rows += [("byol-pytorch", mode, setup, lambda m=mode, s=spec: peers.byol_pytorch_loop(
+                s, mode=m)) for mode in ("augment", *extra)]
+    return by_setup.get("documented", []) + ours + by_setup.get("matched", [])
 
 
 def _release_memory() -> None:
@@ -207,24 +232,26 @@ def _release_memory() -> None:
         pass
 
 
-def run_row(library: str, mode: str, thunk, args: argparse.Namespace) -> Row:
+def run_row(library: str, mode: str, thunk, args: argparse.Namespace,
+            setup: str = "defaults") -> Row:
     _release_memory()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     on_cpu = peers.resolve_device(args.device).type == "cpu"
     reset = peers.reset_peak_rss()
-    print(f"throughput: {library} / {mode} ...", file=sys.stderr, flush=True)
+    print(f"throughput: {library} / {mode} / {setup} ...", file=sys.stderr, flush=True)
     try:
         res = thunk()
     except (Exception, SystemExit) as e:  # one failing row must not lose the others
         traceback.print_exc()
-        return Row(library, mode, None, NOTES.get((library, mode), ""), f"{type(e).__name__}: {e}")
+        return Row(library, mode, None, NOTES.get((library, mode), ""),
+                   f"{type(e).__name__}: {e}", setup)
     if on_cpu and reset:  # every row's peak from its own start, whoever measured it
         res.peak_mem_gib = peers.peak_rss_gib()
     notes = getattr(res, "notes", "") or NOTES.get((library, mode), "")
-    print(f"throughput: {library} / {mode}: {res.images_per_s:,.1f} images/s",
+    print(f"throughput: {library} / {mode} / {setup}: {res.images_per_s:,.1f} images/s",
           file=sys.stderr, flush=True)
-    return Row(library, mode, res, notes)
+    return Row(library, mode, res, notes, setup=setup)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,26 +313,27 @@ def report(args: argparse.Namespace, rows: list[Row], command: str, date: str,
         lines.append(
             f"- setup: {args.arch} width {args.width}{' small stem' if args.small_stem else ''}, "
             f"3 channels, {args.image_size} px, batch {args.batch}, projector/predictor "
-            f"{args.proj_hidden_dim} -> 256, {first.precision}, channels_last "
-            f"{first.channels_last}, device {first.device}; {args.steps} timed steps after "
-            f"{args.warmup} warmup"
+            f"{args.proj_hidden_dim} -> 256, device {first.device}; {args.steps} timed steps "
+            f"after {args.warmup} warmup"
         )
     lines += [
         "",
-        "| library | mode | images/s | ratio ours(augment)/this | peak memory |",
-        "|---|---|---:|---:|---:|",
+        "| library | mode | setup | precision, memory format | images/s "
+        "| ratio ours(augment)/this | peak memory |",
+        "|---|---|---|---|---:|---:|---:|",
     ]
     for r in rows:
         if r.result is None:
-            lines.append(f"| {r.library} | {r.mode} | failed | - | - |")
+            lines.append(f"| {r.library} | {r.mode} | {r.setup} | - | failed | - | - |")
             continue
         ratio = f"{ref / r.ips:.2f}" if ref and r.ips else "-"
-        lines.append(f"| {r.library} | {r.mode} | {_fmt_ips(r.ips)} | {ratio} | "
-                     f"{r.result.peak_mem_gib:.2f} GiB |")
+        fmt = "channels_last" if r.result.channels_last else "NCHW"
+        lines.append(f"| {r.library} | {r.mode} | {r.setup} | {r.result.precision}, {fmt} | "
+                     f"{_fmt_ips(r.ips)} | {ratio} | {r.result.peak_mem_gib:.2f} GiB |")
     lines += ["", "Rows:", ""]
     for r in rows:
         extra = f" **failed: {r.error}**" if r.error else ""
-        lines.append(f"- {r.library} / {r.mode}: {r.notes}{extra}")
+        lines.append(f"- {r.library} / {r.mode} / {r.setup}: {r.notes}{extra}")
     lines += [
         "",
         "Peak memory: on CUDA the allocator's peak over the timed steps; on CPU the benchmark "
@@ -321,8 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="byol-throughput-") as tmp:
         out = args.out or tmp
-        for library, mode, thunk in plan(args, out):
-            rows.append(run_row(library, mode, thunk, args))
+        for library, mode, setup, thunk in plan(args, out):
+            rows.append(run_row(library, mode, thunk, args, setup))
     machine = machine_info(args)
     text = report(args, rows, command, date, machine)
     print(text, end="")
@@ -338,9 +366,11 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine,
             "settings": {k: getattr(args, k) for k in (*DEFAULTS, "device", "precision",
                                                         "channels_last", "compile", "threads",
+                                                        "peer_setup",
                                                         "peer_names", "tiny", "with_model")},
             "rows": [
-                {"library": r.library, "mode": r.mode, "notes": r.notes, "error": r.error or None,
+                {"library": r.library, "mode": r.mode, "setup": r.setup, "notes": r.notes,
+                 "error": r.error or None,
                  "ratio_ours_augment": (ref / r.ips) if ref and r.ips else None,
                  **(dataclasses.asdict(r.result) if r.result else {})}
                 for r in rows

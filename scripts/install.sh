@@ -16,4 +16,4 @@ PY=${PYTHON:-python3}
 if ! $PY -c "import torch, torchvision" 2>/dev/null; then
   $PY -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
-$PY -m pip install -q -e ".[dev,timm]"
+$PY -m pip install -q -e ".[dev,timm,bench]"

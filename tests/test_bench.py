@@ -24,14 +24,14 @@ TINY_BENCH = [
 ]
 
 
-def _table(markdown: str) -> dict[tuple[str, str], str]:
-    """(library, mode) -> images/s cell of the report's table."""
+def _table(markdown: str) -> dict[tuple[str, str, str], tuple[str, str]]:
+    """(library, mode, setup) -> (precision and memory format, images/s) cells of the report."""
     rows = {}
     for line in markdown.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if not line.startswith("| ") or len(cells) != 5 or cells[0] == "library":
+        if not line.startswith("| ") or len(cells) != 7 or cells[0] == "library":
             continue
-        rows[(cells[0], cells[1])] = cells[2]
+        rows[(cells[0], cells[1], cells[2])] = (cells[3], cells[4])
     return rows
 
 
@@ -60,7 +60,7 @@ def test_throughput_reports_ours(throughput):
     assert "- machine: " in markdown and "- date: " in markdown
     table = _table(markdown)
     for mode in ("augment", "data"):
-        assert _positive(table[("byol (ours)", mode)])
+        assert _positive(table[("byol (ours)", mode, "defaults")][1])
     rows = {(r["library"], r["mode"]): r for r in data["rows"]}
     ours = rows[("byol (ours)", "augment")]
     assert ours["images_per_s"] > 0 and ours["batch"] == 8 and ours["width"] == 8
@@ -73,14 +73,20 @@ def test_throughput_reports_peers(throughput):
     pytest.importorskip("byol_pytorch")
     _, markdown, data = throughput
     table = _table(markdown)
-    assert _positive(table[("lightly", "data")])
-    assert _positive(table[("byol-pytorch", "augment")])
-    rows = {(r["library"], r["mode"]): r for r in data["rows"]}
-    for key in (("lightly", "data"), ("byol-pytorch", "augment")):
-        row = rows[key]
-        assert row["error"] is None and row["images_per_s"] > 0 and row["peak_mem_gib"] > 0
-        assert (row["arch"], row["width"], row["image_size"], row["batch"]) == ("resnet18", 8, 16, 8)
-        assert row["ratio_ours_augment"] > 0
+    ours = {(r["library"], r["mode"]): r for r in data["rows"]}[("byol (ours)", "augment")]
+    ours_fmt = f"{ours['precision']}, {'channels_last' if ours['channels_last'] else 'NCHW'}"
+    rows = {(r["library"], r["mode"], r["setup"]): r for r in data["rows"]}
+    for lib, mode in (("lightly", "data"), ("byol-pytorch", "augment")):
+        # as documented: float32 in the default memory format; matched: exactly ours
+        assert table[(lib, mode, "documented")][0] == "fp32, NCHW"
+        assert table[(lib, mode, "matched")][0] == ours_fmt
+        for setup in ("documented", "matched"):
+            assert _positive(table[(lib, mode, setup)][1])
+            row = rows[(lib, mode, setup)]
+            assert row["error"] is None and row["images_per_s"] > 0 and row["peak_mem_gib"] > 0
+            assert (row["arch"], row["width"], row["image_size"], row["batch"]) == (
+                "resnet18", 8, 16, 8)
+            assert row["ratio_ours_augment"] > 0
 
 
 def test_byol_bench_cli_writes_json(tmp_path):

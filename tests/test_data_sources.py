@@ -401,8 +401,9 @@ def test_folder_errors(tmp_path: Path) -> None:
         open_source("folder", str(tmp_path / "splits"), "val")
     (tmp_path / "allbad" / "c").mkdir(parents=True)
     (tmp_path / "allbad" / "c" / "x.png").write_bytes(b"junk")
-    with pytest.warns(BadImageWarning), pytest.raises(DataError, match="could be decoded"):
+    with pytest.warns(BadImageWarning), pytest.raises(DataError, match="could be decoded") as e:
         open_source("folder", str(tmp_path / "allbad"))
+    assert "x.png" in str(e.value) and "check that data.path" in str(e.value)  # names it, says how
     with pytest.raises(DataError, match="unknown data source"):
         open_source("imagenet", str(tmp_path))
 

@@ -36,6 +36,7 @@ from .config import Config, config_from_dict, dump_yaml
 from .models.byol import build_byol, tau_schedule
 from .optim import build_optimizer, scaled_lr, warmup_cosine
 from .precision import autocast_dtype
+from .runtime import keep_freed_memory
 
 log = logging.getLogger("byol")
 
@@ -182,6 +183,8 @@ class Trainer:
         t = cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # no page-fault storm from re-mmapped activations
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(t.seed)

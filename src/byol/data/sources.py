@@ -484,7 +484,12 @@ def _decode_folder(
     if bad:
         _report_bad_files(bad, root)
     if not keep:
-        raise DataError(f"none of the {n} image files under {root} could be decoded")
+        first, err = bad[0] if bad else (root, "")
+        raise DataError(
+            f"none of the {n} image files under {root} could be decoded (first: {first}: {err}); "
+            "check that data.path points at the images (JPEG/PNG/BMP/WEBP/TIFF that PIL opens) "
+            "and that the files are not truncated or stored as Git LFS pointers"
+        )
     images = buf[: len(keep)]
     images = images[:, :1].contiguous() if all_gray else images
     out_labels = labels[torch.tensor(keep, dtype=torch.int64)] if labels is not None else None
@@ -1072,7 +1077,11 @@ class _FileDatasetBase(torch.utils.data.Dataset):
                     type(e).__name__,
                     e,
                 )
-        raise DataError(f"{self.src.name}: none of the {n} image files could be decoded")
+        raise DataError(
+            f"{self.src.name}: none of the {n} image files could be decoded (see the warnings "
+            "above for each file); check that data.path points at the images (JPEG/PNG/BMP/WEBP/"
+            "TIFF that PIL opens) and that the files are not truncated or Git LFS pointers"
+        )
 
 
 class FolderViewsDataset(_FileDatasetBase):
