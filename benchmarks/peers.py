@@ -12,9 +12,10 @@
   memory, Adam at lr 3e-4 and ``learner.update_moving_average()`` after each step.
 
 Both train the network ``byol.models.build_backbone`` builds for the same arch / width / stem,
-with the same projector and predictor sizes, batch, image size, precision policy and memory
-format as ours, so the network FLOPs per image are identical and what differs is each library's
-own machinery (augmentation, data path, optimiser, EMA).
+with the same projector and predictor sizes, batch and image size as ours, so the network FLOPs
+per image are identical. Precision and memory format come from the :class:`LoopSpec`: ours
+(``precision="auto"``, channels_last) to compare each library's own machinery (augmentation,
+data path, optimiser, EMA), or fp32 + NCHW as their documentation runs them.
 
 Each loop runs ``warmup`` untimed steps, then ``steps`` timed ones (CUDA synchronised on both
 ends), and returns a :class:`PeerResult`: a :class:`byol.bench.BenchResult` (same fields, same

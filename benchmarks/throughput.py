@@ -2,7 +2,7 @@
 
 Runs, one after another in this one process and on the same network (``byol.models``'s backbone
 with the same arch / width / stem, 3-channel input, the same projector and predictor sizes),
-batch, image size, precision and memory format:
+batch and image size (precision and memory format: see the setups below):
 
   byol (ours)     ``byol bench`` (``byol.bench.run_bench``) in modes augment and data, synthetic
                   source

@@ -3,10 +3,10 @@
 glibc hands every allocation above its mmap threshold (at most 32 MiB by default) to a fresh
 ``mmap`` and gives it back on ``free``. A BYOL step on a CPU allocates and frees activations of
 tens of MiB hundreds of times, so each one is zero-filled page by page through page faults again
-and again: measured on 2 cores (small-stem ResNet-18, 32 px, batch 256, bf16) 3.2 M page faults
-and 7 s of kernel time per 5 steps. Keeping freed memory in the heap for reuse removes most of
-it: 3.4-3.8 M faults and 15-17 s of kernel time became 0.6 M and 4-7 s over 6 steps, and the
-step ran at 40-42 instead of 29-33 images/s (three alternating runs each, docs/RESULTS.md).
+and again. Keeping freed memory in the heap for reuse removes most of it: on 2 cores
+(small-stem ResNet-18, 32 px, batch 256, bf16) 3.4-3.8 M page faults and 15-17 s of kernel time
+became 0.6 M and 4-7 s over 6 steps, and the step ran at 40-42 instead of 29-33 images/s
+(three alternating runs each, docs/RESULTS.md).
 The cost: resident memory stays near its peak instead of shrinking between steps, and since
 torch asks for 64-byte aligned blocks, a freed block is reused once its neighbours have merged,
 so the heap settles a little above the peak (2.6 vs 2.4 GiB in that run).
