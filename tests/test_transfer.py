@@ -580,3 +580,18 @@ def test_report_renders_transfer_sections():
     text = render_markdown([det, seg], reference=False)
     assert "| byol | 50.00 | 75.50 | 40.25 | 77.00 |" in text
     assert "| random-init | 12.50 | 20.00 | 90.00 |" in text
+
+
+def test_summary_lines_name_model_metrics_and_mark_missing_values():
+    from byol.transfer.detection import summary as det_summary
+    from byol.transfer.segmentation import summary as seg_summary
+
+    det = {"model": "byol", "settings": {"model": "faster_rcnn_c4"}, "wall_s": 12.3,
+           "results": {"bbox_AP": 8.2234, "voc_AP50": 18.81, "final_loss": float("nan")}}
+    line = det_summary(det)
+    assert line.split() == ["byol", "detection", "faster_rcnn_c4", "bbox_AP", "8.22", "voc_AP50",
+                            "18.81", "loss", "–", "(12.3", "s)"]
+    seg = {"model": "random", "settings": {}, "wall_s": None,
+           "results": {"mIoU": 8.2, "mAcc": 12.0, "final_loss": 0.5}}
+    assert seg_summary(seg).split() == ["random", "segmentation", "mIoU", "8.20", "mAcc", "12.00",
+                                        "aAcc", "–", "loss", "0.50", "(0.0", "s)"]

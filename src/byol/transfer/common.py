@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -220,3 +221,16 @@ def pct(d: Mapping[str, Any]) -> dict[str, Any]:
         else:
             out[k] = v
     return out
+
+
+def summary_line(rec: dict[str, Any], task: str, keys: Sequence[str], prefix: str = "") -> str:
+    """One line for a transfer record: model, task, ``prefix``, the ``keys`` of its results
+    (two decimals, a dash where missing or not finite), final loss and wall time."""
+    r = rec["results"]
+
+    def f(v: Any) -> str:
+        return f"{v:.2f}" if isinstance(v, (int, float)) and math.isfinite(v) else "–"
+
+    body = "  ".join(f"{k} {f(r.get(k))}" for k in keys)
+    return (f"{rec['model']:>14s} {task}  {prefix}{body}  loss {f(r.get('final_loss'))}   "
+            f"({rec.get('wall_s') or 0:.1f} s)")

@@ -24,7 +24,6 @@ Presets (:data:`DETECTION_PRESETS`): ``voc0712_24k`` (MoCo's detectron2 VOC conf
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import OrderedDict
 from typing import Any
@@ -49,6 +48,7 @@ from .common import (
     pct,
     seed_all,
     stem_stride,
+    summary_line,
     warmup_multistep,
 )
 from .datasets import DetectionDataset, DetectionSet, TransferError
@@ -438,13 +438,6 @@ def run_detection(model_spec: Any, train_set: DetectionSet, test_set: DetectionS
 
 
 def summary(rec: dict[str, Any]) -> str:
-    r = rec["results"]
-
-    def f(v: Any) -> str:
-        return f"{v:.2f}" if isinstance(v, (int, float)) and math.isfinite(v) else "–"
-
     keys = [k for k in ("bbox_AP", "bbox_AP50", "bbox_AP75", "segm_AP", "voc_AP50", "voc_AP",
-                        "voc_AP75") if k in r]
-    body = "  ".join(f"{k} {f(r[k])}" for k in keys)
-    return (f"{rec['model']:>14s} detection  {rec['settings'].get('model')}  {body}  "
-            f"loss {f(r.get('final_loss'))}   ({rec.get('wall_s') or 0:.1f} s)")
+                        "voc_AP75") if k in rec["results"]]
+    return summary_line(rec, "detection", keys, prefix=f"{rec['settings'].get('model')}  ")

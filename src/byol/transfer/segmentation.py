@@ -18,7 +18,6 @@ resolution; pixels labelled 255 are ignored.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import time
 from typing import Any
@@ -38,6 +37,7 @@ from .common import (
     pct,
     poly,
     seed_all,
+    summary_line,
 )
 from .datasets import IGNORE_INDEX, SegmentationSet, TransferError, load_image, read_index_png
 from .metrics import confusion_matrix, segmentation_scores
@@ -331,11 +331,4 @@ def run_segmentation(model_spec: Any, train_set: SegmentationSet, test_set: Segm
 
 
 def summary(rec: dict[str, Any]) -> str:
-    r = rec["results"]
-
-    def f(v: Any) -> str:
-        return f"{v:.2f}" if isinstance(v, (int, float)) and math.isfinite(v) else "–"
-
-    return (f"{rec['model']:>14s} segmentation  mIoU {f(r.get('mIoU'))}  mAcc "
-            f"{f(r.get('mAcc'))}  aAcc {f(r.get('aAcc'))}  loss {f(r.get('final_loss'))}   "
-            f"({rec.get('wall_s') or 0:.1f} s)")
+    return summary_line(rec, "segmentation", ("mIoU", "mAcc", "aAcc"))
