@@ -266,7 +266,6 @@ def _classes(text: str | None) -> list[str] | None:
 
 
 def cmd_detection(args: argparse.Namespace) -> int:
-    from ..distributed import barrier, cleanup
     from .common import resolve_settings
     from .datasets import TransferError, concat_sets, read_class_names, read_detection
     from .detection import DETECTION_PRESETS, run_detection, summary
@@ -297,26 +296,13 @@ def cmd_detection(args: argparse.Namespace) -> int:
                  "num_classes": len(train.classes)}
     log.info("data read in %.1f s: %d train / %d test images, %d classes",
              time.perf_counter() - t0, len(train), len(test), len(train.classes))
-    records = []
-    try:
-        for k, spec in enumerate(_specs(args)):
-            rec = run_detection(spec, train, test, s, device=device, seed=args.seed,
-                                workers=args.workers, log_every=args.log_every,
-                                data_info=data_info, save=_save_path(args, spec.label, k == 0),
-                                rank=info.rank, world=info.world_size, progress=not args.quiet)
-            if rec is not None:
-                print(summary(rec), flush=True)
-                records.append(rec)
-            barrier()  # other ranks wait for rank 0's evaluation
-    finally:
-        cleanup()
-    if records:
-        _emit(args, records)
-    return 0
+    return _run_models(args, summary, lambda spec, save: run_detection(
+        spec, train, test, s, device=device, seed=args.seed, workers=args.workers,
+        log_every=args.log_every, data_info=data_info, save=save, rank=info.rank,
+        world=info.world_size, progress=not args.quiet))
 
 
 def cmd_segmentation(args: argparse.Namespace) -> int:
-    from ..distributed import barrier, cleanup
     from .common import resolve_settings
     from .datasets import read_class_names, read_voc_segmentation
     from .segmentation import SEGMENTATION_PRESETS, run_segmentation, summary
@@ -349,14 +335,21 @@ def cmd_segmentation(args: argparse.Namespace) -> int:
                  "num_test": len(test)}
     log.info("data read in %.1f s: %d train / %d test images", time.perf_counter() - t0,
              len(train), len(test))
+    return _run_models(args, summary, lambda spec, save: run_segmentation(
+        spec, train, test, s, device=device, seed=args.seed, workers=args.workers,
+        log_every=args.log_every, data_info=data_info, class_names=names, save=save,
+        rank=info.rank, world=info.world_size, progress=not args.quiet))
+
+
+def _run_models(args: argparse.Namespace, summary, run_one) -> int:
+    """Run ``run_one(spec, save_path)`` for the checkpoint and each baseline; rank 0 prints each
+    record's summary line and writes them all; the process group is always torn down."""
+    from ..distributed import barrier, cleanup
+
     records = []
     try:
         for k, spec in enumerate(_specs(args)):
-            rec = run_segmentation(spec, train, test, s, device=device, seed=args.seed,
-                                   workers=args.workers, log_every=args.log_every,
-                                   data_info=data_info, class_names=names,
-                                   save=_save_path(args, spec.label, k == 0), rank=info.rank,
-                                   world=info.world_size, progress=not args.quiet)
+            rec = run_one(spec, _save_path(args, spec.label, k == 0))
             if rec is not None:
                 print(summary(rec), flush=True)
                 records.append(rec)
