@@ -280,6 +280,17 @@ class BYOLAugment:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return self.view(images, self.cfg.view1, g), self.view(images, self.cfg.view2, g)
 
+    def local_views(self, images: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+        """``cfg.local_crops`` small views per image (multi-crop), coloured like view1: one
+        batch [local_crops * B, C, s, s], crop j of every image before crop j + 1."""
+        cfg = self.cfg
+        size = cfg.local_size or max(8, cfg.image_size // 2)
+        v = cfg.view1
+        x = images.float().div_(255).repeat(cfg.local_crops, 1, 1, 1)
+        x = random_resized_crop_flip(x, size, cfg.local_crop_scale, v.crop_ratio, v.flip_p, g,
+                                     cfg.interpolation)
+        return self._finish(x, v, g)
+
     def photometric(
         self, v1: torch.Tensor, v2: torch.Tensor, g: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -65,6 +65,13 @@ class AugmentConfig:
     view2: ViewConfig = field(default_factory=_view2)
     mean: tuple[float, ...] = (0.485, 0.456, 0.406)
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    # multi-crop (off by default; not in the BYOL paper): this many extra small views per image,
+    # cropped with local_crop_scale and resized to local_size (0: half of image_size), coloured
+    # like view1. They pass through the online network only and regress onto both global
+    # targets; the loss is rescaled so that it keeps the two-view loss's range.
+    local_crops: int = 0
+    local_size: int = 0
+    local_crop_scale: tuple[float, float] = (0.05, 0.4)
 
 
 @dataclass
@@ -96,6 +103,9 @@ class OptimConfig:
     final_lr: float = 0.0
     exclude_bias_and_norm: bool = True  # from weight decay and LARS adaptation
     grad_clip: float = 0.0  # 0: off
+    # the predictor's learning rate is lr x this (1.0: the paper, one lr for all). SimSiam fixes
+    # the predictor's lr; the BYOL paper's appendix discusses a faster predictor.
+    predictor_lr_mult: float = 1.0
 
 
 @dataclass
@@ -116,6 +126,11 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0: torch's default)
     steps_per_epoch: int = 0  # 0: len(dataset) // global batch
     max_steps: int = 0  # stop after this many optimizer steps (0: all epochs)
+    # wall-clock budget for the whole schedule, e.g. "10m", "90s", "1.5h" ("" or 0: off). The
+    # throughput of the first steps fixes the total step count so that the cosine lr and tau
+    # end when the budget is spent; the count is stored in the checkpoint (a resume ends at the
+    # same step). It replaces train.epochs as the schedule's length.
+    time_budget: str = ""
     # a non-finite loss or gradient: stop (raise, keeping the last good checkpoint) or skip
     # that optimizer step (no weight/EMA update; costs one host sync per step)
     nonfinite: str = "stop"
@@ -373,6 +388,18 @@ def validate(cfg: Config, where: str = "config") -> None:
         bad("optim.warmup_epochs", f"must be >= 0, got {o.warmup_epochs}")
     if o.eta <= 0:
         bad("optim.eta", "must be > 0")
+    if not o.predictor_lr_mult > 0:
+        bad("optim.predictor_lr_mult", f"must be > 0, got {o.predictor_lr_mult}")
+    try:
+        parse_duration(t.time_budget)
+    except ValueError as e:
+        bad("train.time_budget", str(e))
+    if a.local_crops < 0:
+        bad("augment.local_crops", f"must be >= 0, got {a.local_crops}")
+    if a.local_size and a.local_size < 8:
+        bad("augment.local_size", f"must be 0 (half of image_size) or >= 8 pixels, got {a.local_size}")
+    if not 0 < a.local_crop_scale[0] <= a.local_crop_scale[1] <= 1:
+        bad("augment.local_crop_scale", f"must satisfy 0 < min <= max <= 1, got {a.local_crop_scale}")
     if a.image_size < 8:
         bad("augment.image_size", f"must be >= 8 pixels, got {a.image_size}")
     if len(a.mean) != len(a.std) or any(s <= 0 for s in a.std):
@@ -427,6 +454,30 @@ def validate(cfg: Config, where: str = "config") -> None:
     for vname in ("view1", "view2"):
         if getattr(a, vname).blur_kernel_frac <= 0:
             bad(f"augment.{vname}.blur_kernel_frac", "must be > 0")
+
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in a duration such as ``"10m"``, ``"90s"``, ``"1.5h"`` or ``600``; 0 for ``""``."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, unit = float(text), ""
+    else:
+        s = str(text).strip().lower()
+        if s in ("", "0", "off", "none"):
+            return 0.0
+        num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = s[len(num):]
+        try:
+            value = float(num)
+        except ValueError:
+            value = float("nan")
+        if unit not in _UNITS or not math.isfinite(value):
+            raise ValueError(f"is {text!r}: write a duration such as 10m, 90s or 1.5h (or '' for off)")
+    if value < 0:
+        raise ValueError(f"is {text!r}: a duration must be >= 0")
+    return value * _UNITS[unit]
 
 
 def _leaves(obj: Any, prefix: str):

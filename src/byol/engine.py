@@ -34,7 +34,7 @@ from .checkpoint import (
 )
 from .config import Config, config_from_dict, dump_yaml
 from .models.byol import build_byol, tau_schedule
-from .optim import build_optimizer, scaled_lr, warmup_cosine
+from .optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from .precision import autocast_dtype
 from .runtime import keep_freed_memory
 
@@ -94,10 +94,15 @@ class MemoryFeeder:
     def __len__(self) -> int:
         return len(self.images)
 
-    def views(self, idx: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def views(self, idx: torch.Tensor, seed: int) -> tuple[torch.Tensor, ...]:
+        """The two global views of the images at ``idx`` (and, with augment.local_crops, the
+        small local views stacked as one batch), drawn from ``seed``."""
         self.generator.manual_seed(seed)
         batch = self.images[idx.to(self.device, non_blocking=True)]
-        return self.augment(batch, self.generator)
+        v1, v2 = self.augment(batch, self.generator)
+        if self.augment.cfg.local_crops:
+            return v1, v2, self.augment.local_views(batch, self.generator)
+        return v1, v2
 
 
 class _SeededViews(torch.utils.data.Dataset):
@@ -219,7 +224,7 @@ class Trainer:
         self.global_batch = t.batch_size * t.accumulate * self.dist.world_size
         self.peak_lr = scaled_lr(cfg.optim.base_lr, self.global_batch)
         self.optimizer = build_optimizer(
-            [self.model.online, self.model.predictor], cfg.optim, self.peak_lr
+            [self.model.online], cfg.optim, self.peak_lr, predictor=self.model.predictor
         )
         self.scaler = torch.amp.GradScaler(
             self.device.type, enabled=self.amp_dtype == torch.float16
@@ -290,6 +295,12 @@ class Trainer:
             if images.shape[1] != self.cfg.model.in_chans:
                 images = _match_channels(images, self.cfg.model.in_chans, src.name)
             return MemoryFeeder(images, augment, self.device)
+        if a.local_crops:
+            raise TrainingError(
+                f"augment.local_crops={a.local_crops} needs the dataset in memory, and "
+                f"{src.name} is read from files: set data.in_memory=true (and data.load_size) or "
+                "augment.local_crops=0"
+            )
         return FolderFeeder(src, self.cfg, augment, self.device)
 
     def _slot_indices(self, perm: torch.Tensor, step_in_epoch: int) -> list[tuple[int, torch.Tensor]]:
@@ -546,23 +557,25 @@ class Trainer:
         ``self.last_step_skipped``; that check costs one host sync per step, so it is only done
         in that mode."""
         opt, ddp = self.optimizer, self.ddp
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, lr)
         skip_mode = self._skip_nonfinite
         if skip_mode:  # BatchNorm statistics, restored if the step is dropped
             buffers = [(b, b.clone()) for b in self.model.buffers()]
         loss_sum = torch.zeros((), device=self.device)
         z = None
-        for j, (v1, v2) in enumerate(micro):
+        for j, (v1, v2, *extra) in enumerate(micro):
+            local = extra[0] if extra else None  # multi-crop: [L*B, C, s, s] small views
             if self.channels_last:
                 v1 = v1.contiguous(memory_format=torch.channels_last)
                 v2 = v2.contiguous(memory_format=torch.channels_last)
+                if local is not None:
+                    local = local.contiguous(memory_format=torch.channels_last)
             sync = contextlib.nullcontext()
             if self.dist.enabled and j < len(micro) - 1:
                 sync = ddp.no_sync()
             with sync:
                 with self.autocast():
-                    loss, z = ddp(v1, v2)
+                    loss, z = ddp(v1, v2) if local is None else ddp(v1, v2, local)
                 self.scaler.scale(loss / len(micro)).backward()
             loss_sum += loss.detach()
         self.last_step_skipped = False

@@ -111,9 +111,27 @@ def lars_reference_step(params: list[torch.Tensor], grads: list[torch.Tensor],
         w.sub_(lr * buf)
 
 
-def build_optimizer(modules: Iterable[nn.Module], optim_cfg, lr: float) -> Optimizer:
-    """The optimiser of a :class:`byol.config.OptimConfig`, at the (already scaled) peak lr."""
+def build_optimizer(modules: Iterable[nn.Module], optim_cfg, lr: float,
+                    predictor: nn.Module | None = None) -> Optimizer:
+    """The optimiser of a :class:`byol.config.OptimConfig`, at the (already scaled) peak lr.
+
+    With ``predictor`` given and ``optim_cfg.predictor_lr_mult != 1`` the predictor's parameters
+    get their own groups (the same decay/LARS split) whose ``lr_mult`` is that multiplier;
+    :func:`set_lr` applies it. At 1.0 the predictor joins the other groups (the paper)."""
+    mult = float(getattr(optim_cfg, "predictor_lr_mult", 1.0))
+    modules = list(modules)
+    if predictor is not None and mult == 1.0:
+        modules, predictor = [*modules, predictor], None
     groups = split_decay_groups(modules, optim_cfg.weight_decay, optim_cfg.exclude_bias_and_norm)
+    if predictor is not None:
+        own = split_decay_groups([predictor], optim_cfg.weight_decay, optim_cfg.exclude_bias_and_norm)
+        taken = {id(p) for g in groups for p in g["params"]}
+        for g in own:
+            g["params"] = [p for p in g["params"] if id(p) not in taken]
+            g["lr_mult"] = mult
+        groups += [g for g in own if g["params"]]
+    for g in groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
     if optim_cfg.name == "lars":
         return LARS(groups, lr=lr, momentum=optim_cfg.momentum, eta=optim_cfg.eta)
     for g in groups:
@@ -123,6 +141,12 @@ def build_optimizer(modules: Iterable[nn.Module], optim_cfg, lr: float) -> Optim
     if optim_cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=optim_cfg.betas, foreach=True)
     raise ValueError(f"optim.name={optim_cfg.name!r}: choose lars, sgd or adamw")
+
+
+def set_lr(optimizer: Optimizer, lr: float) -> None:
+    """Set every group's lr to ``lr`` times the group's ``lr_mult`` (1 when absent)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
 def scaled_lr(base_lr: float, global_batch: int) -> float:

@@ -90,7 +90,8 @@ class BYOL(nn.Module):
         """The encoder kept after pretraining (the online backbone)."""
         return self.online.backbone
 
-    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, local: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fuse_views:
             both = torch.cat([v1, v2])
             with split_views(self._norms, 2):
@@ -105,6 +106,14 @@ class BYOL(nn.Module):
             with torch.no_grad():
                 t1, t2 = self.target(v1), self.target(v2)
         loss = regression_loss(p1, t2.detach()) + regression_loss(p2, t1.detach())
+        if local is not None and len(local):
+            # multi-crop: each small view (online only) regresses onto both global targets.
+            # Mean over the 2 + 2L (prediction, target) pairs, times 2: the two-view range.
+            n_local = len(local) // len(v1)
+            pl = self.predictor(self.online(local)).view(n_local, len(v1), -1)
+            t1d, t2d = t1.detach(), t2.detach()
+            extra = sum(regression_loss(p, t1d) + regression_loss(p, t2d) for p in pl.unbind(0))
+            loss = (loss + extra) * 2 / (2 + 2 * n_local)
         return loss, z1.detach()
 
     def online_parameters(self) -> list[nn.Parameter]:
