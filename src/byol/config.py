@@ -143,8 +143,13 @@ class LogConfig:
     save_every: int = 10  # epochs between checkpoints (and always at the end)
     keep_last: int = 3
     knn_every: int = 0  # epochs between kNN monitor runs (0: off)
+    knn_every_steps: int = 0  # optimizer steps between kNN monitor runs (0: off); both may be on
     knn_k: int = 20
-    knn_limit: int = 0  # use at most this many train/val samples in the monitor (0: all)
+    # the monitor's images, drawn once from train.seed: a bank from data.split and queries from
+    # data.val_split (disjoint from the bank when both splits are the same images); 0: all
+    knn_bank: int = 10000
+    knn_queries: int = 2000
+    knn_limit: int = 0  # older name: caps both bank and queries (0: no cap)
     tensorboard: bool = True
     progress: bool = True
     collapse_warn_std: float = 0.01  # warn when per-dim std of normalised z falls below this (healthy ~1/sqrt(proj_dim))
@@ -442,6 +447,8 @@ def validate(cfg: Config, where: str = "config") -> None:
         ("log.keep_last", lg.keep_last, 1), ("log.log_every", lg.log_every, 1),
         ("log.save_every", lg.save_every, 1), ("log.knn_every", lg.knn_every, 0),
         ("log.knn_k", lg.knn_k, 1), ("log.knn_limit", lg.knn_limit, 0),
+        ("log.knn_every_steps", lg.knn_every_steps, 0), ("log.knn_bank", lg.knn_bank, 0),
+        ("log.knn_queries", lg.knn_queries, 0),
         ("data.num_workers", d.num_workers, 0), ("data.load_size", d.load_size, 0),
         ("data.synthetic_size", d.synthetic_size, 1), ("data.limit", d.limit, 0),
         ("data.max_memory_gb", d.max_memory_gb, 0), ("optim.final_lr", o.final_lr, 0),

@@ -32,7 +32,7 @@ from .checkpoint import (
     load_checkpoint,
     load_state_reporting,
 )
-from .config import Config, config_from_dict, dump_yaml
+from .config import Config, config_from_dict, dump_yaml, parse_duration
 from .models.byol import build_byol, tau_schedule
 from .optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from .precision import autocast_dtype
@@ -170,6 +170,55 @@ class FolderFeeder:
 # the run
 
 
+# train.time_budget: the rate is measured over optimiser steps BUDGET_PROBE[0]..BUDGET_PROBE[1]
+# (the first steps pay for allocations and kernel selection), and a margin is kept for the
+# checkpoint saves and the end of the run.
+BUDGET_PROBE = (3, 23)
+BUDGET_MARGIN = 0.97
+
+
+def budget_steps(done: int, elapsed_s: float, budget_s: float, steps_per_s: float,
+                 monitor_s: float = 0.0, monitor_every: int = 0, margin: float = BUDGET_MARGIN) -> int:
+    """Total optimiser steps of a run with a wall-clock budget: the ``done`` steps plus as many
+    as fit into what is left of ``budget_s`` at ``steps_per_s``, with ``margin`` of it kept in
+    reserve and the kNN monitor's ``monitor_s`` every ``monitor_every`` steps paid for. At least
+    ``done + 1``."""
+    left = max(budget_s - elapsed_s, 0.0) * margin
+    per_step = 1.0 / steps_per_s + (monitor_s / monitor_every if monitor_every else 0.0)
+    return max(done + 1, done + int(left / per_step + 1e-9))
+
+
+def monitor_subsets(n_bank_src: int, n_query_src: int, bank: int, queries: int, seed: int,
+                    same_images: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted indices of the kNN monitor's bank (into the training split) and queries (into the
+    validation split), a pure function of ``seed``. When both splits are the same images the
+    queries are held out: no query is ever in the bank. 0 means all (what is left)."""
+    g = torch.Generator().manual_seed(_mix(seed, 17))
+    if same_images:
+        perm = torch.randperm(n_bank_src, generator=g)
+        nq = queries or max(1, n_bank_src // 5)
+        nq = min(nq, n_bank_src - 1)
+        q, rest = perm[:nq], perm[nq:]
+        b = rest[:bank] if bank else rest
+        return b.sort().values, q.sort().values
+    b = torch.randperm(n_bank_src, generator=g)
+    q = torch.randperm(n_query_src, generator=g)
+    b = b[:bank] if bank else b
+    q = q[:queries] if queries else q
+    return b.sort().values, q.sort().values
+
+
+def subset_source(src, idx: torch.Tensor, what: str):
+    """The samples ``idx`` of an in-memory or file source, as a source of the same kind."""
+    from .data import ArraySource, FileSource
+
+    labels = src.labels[idx] if src.labels is not None else None
+    name = f"{src.name} ({what}: {len(idx)} of {len(src)})"
+    if isinstance(src, ArraySource):
+        return ArraySource(src.images[idx], labels, src.classes, name)
+    return FileSource([src.files[i] for i in idx.tolist()], labels, src.classes, name)
+
+
 @dataclass
 class RunState:
     step: int = 0  # optimiser steps done
@@ -177,6 +226,7 @@ class RunState:
     step_in_epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0  # optimiser steps dropped for a non-finite loss/gradient (nonfinite=skip)
+    elapsed_s: float = 0.0  # wall seconds of training in earlier sessions of this run (resumes)
 
 
 class Trainer:
@@ -240,6 +290,13 @@ class Trainer:
                 f"{self.dist.world_size} processes): lower train.batch_size"
             )
         self.total_steps = self.steps_per_epoch * t.epochs
+        self.num_epochs = t.epochs
+        self.time_budget_s = parse_duration(t.time_budget)
+        # with a time budget the step count is fixed after BUDGET_PROBE[1] steps; until then the
+        # epochs-based count shapes the schedules and the run may go on past it
+        self.budget_fixed = not self.time_budget_s
+        if not self.budget_fixed:
+            self.num_epochs = 10**9
         self.warmup_steps = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.state = RunState()
         if resume == "auto":  # torchrun --max-restarts: continue if this run saved anything
@@ -268,6 +325,11 @@ class Trainer:
             except ImportError:  # pragma: no cover - tensorboard is a dependency
                 log.warning("tensorboard is not installed: no event files")
         self._knn_data = None
+        self._monitor_cost = 0.0
+        self._last_knn: float | None = None
+        self.monitor_indices: dict[str, Any] | None = None
+        self._t0: float | None = None
+        self._probe: list[tuple[int, float]] = []
 
     # -- data ------------------------------------------------------------------------------
 
@@ -327,6 +389,10 @@ class Trainer:
             "step_in_epoch": self.state.step_in_epoch,
             "history": self.state.history,
             "skipped_steps": self.state.skipped,
+            "elapsed_s": self.state.elapsed_s + self._session_elapsed(),
+            "schedule": {"total_steps": self.total_steps, "num_epochs": self.num_epochs,
+                         "budget_fixed": self.budget_fixed,
+                         "time_budget_s": self.time_budget_s},
             "rng": {"torch": torch.get_rng_state()},
             "world_size": self.dist.world_size,
         }
@@ -423,7 +489,14 @@ class Trainer:
             if "rng" in ckpt:
                 torch.set_rng_state(ckpt["rng"]["torch"])
             self.state = RunState(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt["step_in_epoch"]),
-                                  list(ckpt.get("history", [])), int(ckpt.get("skipped_steps", 0)))
+                                  list(ckpt.get("history", [])), int(ckpt.get("skipped_steps", 0)),
+                                  float(ckpt.get("elapsed_s", 0.0)))
+            sched = ckpt.get("schedule") or {}
+            if self.time_budget_s and sched.get("budget_fixed"):
+                # the budgeted run ends at the step count it chose, whatever this machine's speed
+                self.total_steps = int(sched["total_steps"])
+                self.num_epochs = int(sched["num_epochs"])
+                self.budget_fixed = True
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise TrainingError(
                 f"'{path}': its optimiser/run state does not fit this run ({type(e).__name__}: "
@@ -477,28 +550,52 @@ class Trainer:
                 if k not in ("step", "epoch") and isinstance(v, (int, float)):
                     self.writer.add_scalar(f"train/{k}" if "knn" not in k else f"eval/{k}", v, row["step"])
 
-    def _knn_monitor(self) -> dict[str, float]:
+    def _monitor_sources(self):
+        """The monitor's bank and queries: fixed subsets drawn from train.seed (see
+        :func:`monitor_subsets`), opened once; the queries never include a bank image."""
         from .data import open_source
+
+        d, a, lg = self.cfg.data, self.cfg.augment, self.cfg.log
+        kw = dict(image_size=a.image_size, in_memory=d.in_memory, max_memory_gb=d.max_memory_gb,
+                  load_size=d.load_size, strict=d.strict, synthetic_size=d.synthetic_size,
+                  seed=self.cfg.train.seed)
+        train_src = open_source(d.source, d.path, d.split, **kw)
+        same = d.val_split == d.split
+        val_src = train_src if same else open_source(d.source, d.path, d.val_split, **kw)
+        if train_src.labels is None or val_src.labels is None:
+            raise TrainingError(
+                f"the kNN monitor (log.knn_every / log.knn_every_steps) needs labels: data.split="
+                f"{d.split!r} and data.val_split={d.val_split!r} of {d.source} must both be "
+                "labeled (or set log.knn_every=0 and log.knn_every_steps=0)"
+            )
+        if not same and _same_images(train_src, val_src):
+            same = True
+        if same and self.dist.is_main:
+            log.warning("kNN monitor: data.val_split=%r holds the training images; its queries "
+                        "are held out of the bank (set data.val_split to a separate split for "
+                        "an honest monitor)", d.val_split)
+        bank, queries = lg.knn_bank, lg.knn_queries
+        if lg.knn_limit:
+            bank = min(bank or lg.knn_limit, lg.knn_limit)
+            queries = min(queries or lg.knn_limit, lg.knn_limit)
+        bi, qi = monitor_subsets(len(train_src), len(val_src), bank, queries,
+                                 self.cfg.train.seed, same)
+        self.monitor_indices = {"bank": bi, "queries": qi, "same_images": same}
+        return subset_source(train_src, bi, "bank"), subset_source(val_src, qi, "queries")
+
+    def _knn_monitor(self) -> dict[str, float]:
         from .eval.features import extract_features
         from .eval.knn import knn_classify
 
-        d, a = self.cfg.data, self.cfg.augment
+        a = self.cfg.augment
         if self._knn_data is None:
-            kw = dict(image_size=a.image_size, in_memory=d.in_memory, max_memory_gb=d.max_memory_gb,
-                      load_size=d.load_size, strict=d.strict, limit=self.cfg.log.knn_limit,
-                      synthetic_size=d.synthetic_size, seed=self.cfg.train.seed)
-            train_src = open_source(d.source, d.path, d.split, **kw)
-            val_src = open_source(d.source, d.path, d.val_split, **kw)
-            if train_src.labels is None or val_src.labels is None:
-                raise TrainingError(
-                    f"log.knn_every needs labels: data.split={d.split!r} and data.val_split="
-                    f"{d.val_split!r} of {d.source} must both be labeled (or set log.knn_every=0)"
-                )
-            self._knn_data = (train_src, val_src)
+            self._knn_data = self._monitor_sources()
         train_src, val_src = self._knn_data
         backbone = self.model.backbone
         was_training = backbone.training
-        kw = dict(image_size=a.image_size, mean=a.mean, std=a.std, device=self.device, progress=False)
+        kw = dict(image_size=a.image_size, mean=a.mean, std=a.std, device=self.device,
+                  progress=False, batch_size=512)
+        t0 = time.perf_counter()
         try:
             ftr = extract_features(backbone, train_src, **kw)["pooled"]
             fte = extract_features(backbone, val_src, **kw)["pooled"]
@@ -506,7 +603,51 @@ class Trainer:
             backbone.train(was_training)
         k = self.cfg.log.knn_k
         res = knn_classify(ftr, train_src.labels, fte, val_src.labels, ks=(k,))
+        self._monitor_cost = time.perf_counter() - t0
         return {f"knn_top1_k{k}": res[f"k={k}"]["top1"], f"knn_top5_k{k}": res[f"k={k}"]["top5"]}
+
+    def _monitor_row(self, epoch: float, bar=None) -> None:
+        res = self._knn_monitor()
+        row = {"step": self.state.step, "epoch": epoch,
+               "elapsed_s": round(self.state.elapsed_s + self._session_elapsed(), 2), **res}
+        self._record(row)
+        k = self.cfg.log.knn_k
+        self._last_knn = res[f"knn_top1_k{k}"]
+        if bar is not None:
+            bar.set_postfix_str(f"{bar.postfix or ''}, knn={self._last_knn:.1f}".lstrip(", "))
+        if self.dist.is_main:
+            log.info("step %d: kNN %s (%.1f s)", self.state.step,
+                     ", ".join(f"{n}={v:.2f}" for n, v in res.items()), self._monitor_cost)
+
+    def _session_elapsed(self) -> float:
+        return time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+
+    def _budget_inputs(self) -> tuple[float, float]:
+        """(optimiser steps per second over the probe, wall seconds of training so far)."""
+        (s0, t0), (s1, t1) = self._probe
+        return (s1 - s0) / max(t1 - t0, 1e-9), self.state.elapsed_s + self._session_elapsed()
+
+    def _fix_budget(self) -> None:
+        """Fix the total step count from the measured rate (train.time_budget), the same on
+        every process (rank 0 decides)."""
+        rate, elapsed = self._budget_inputs()
+        lg = self.cfg.log
+        total = budget_steps(self.state.step, elapsed, self.time_budget_s, rate,
+                             self._monitor_cost if lg.knn_every_steps else 0.0, lg.knn_every_steps)
+        if self.dist.enabled:
+            t = torch.tensor([total], device=self.device, dtype=torch.int64)
+            torch.distributed.broadcast(t, 0)
+            total = int(t.item())
+        self.total_steps = total
+        self.num_epochs = -(-total // self.steps_per_epoch)
+        self.budget_fixed = True
+        if self.dist.is_main:
+            log.info("time budget %s: %.2f steps/s (%.0f images/s) over steps %d-%d, %.0f s spent "
+                     "-> %d optimiser steps in all (%.2f epochs); the lr and tau schedules end there",
+                     self.cfg.train.time_budget, rate, rate * self.global_batch, self._probe[0][0],
+                     self._probe[1][0], elapsed, total, total / self.steps_per_epoch)
+            self._record({"step": self.state.step, "budget_total_steps": total,
+                          "budget_steps_per_s": rate})
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -520,9 +661,12 @@ class Trainer:
             (self.out / "config.yaml").write_text(dump_yaml(cfg))
             log.info(
                 "BYOL %s | %d images | global batch %d (%d x %d accum x %d procs) | peak lr %.4g | "
-                "%d steps (%d/epoch) | device %s | %s | channels_last=%s",
+                "%s steps (%d/epoch) | device %s | %s | channels_last=%s",
                 cfg.model.arch, len(self.feeder), self.global_batch, t.batch_size, t.accumulate,
-                self.dist.world_size, self.peak_lr, self.total_steps, self.steps_per_epoch,
+                self.dist.world_size, self.peak_lr,
+                self.total_steps if self.budget_fixed else
+                f"time budget {t.time_budget}: count fixed after {BUDGET_PROBE[1]}",
+                self.steps_per_epoch,
                 self.device, self.amp_dtype or "fp32", self.channels_last,
             )
         old_handlers = {}
@@ -619,21 +763,31 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         main = self.dist.is_main
         self.model.train()
-        stop_at = min(self.total_steps, t.max_steps) if t.max_steps else self.total_steps
+        probe_from = self.state.step + BUDGET_PROBE[0]
+        probe_to = self.state.step + BUDGET_PROBE[1]
+
+        def stop_step() -> int:
+            total = self.total_steps if self.budget_fixed else max(self.total_steps, probe_to)
+            return min(total, t.max_steps) if t.max_steps else total
+
+        stop_at = stop_step()
         loss_sum = self._loss_sum = torch.zeros((), device=self.device)
         loss_count, last_log_time, last_log_step = 0, time.perf_counter(), self.state.step
         skipped, in_a_row = 0, 0  # train.nonfinite=skip: dropped steps since the last log / in a row
         z_last = None
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
+        every = cfg.log.knn_every_steps
         from tqdm import tqdm
 
-        while self.state.step < stop_at and self.state.epoch < t.epochs:
+        if every and self.state.step == 0:  # the curve's first point: the network at init
+            self._monitor_row(0.0)
+        while self.state.step < stop_at and self.state.epoch < self.num_epochs:
             epoch = self.state.epoch
             perm = epoch_permutation(len(self.feeder), t.seed, epoch)
             first = self.state.step_in_epoch
             steps = range(first, self.steps_per_epoch)
             bar = tqdm(
-                total=self.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{t.epochs}",
+                total=self.steps_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{self.num_epochs if self.budget_fixed else '?'}",
                 disable=not (main and cfg.log.progress), dynamic_ncols=True, leave=False,
             )
             batches = self._epoch_batches(perm, epoch, first)
@@ -659,6 +813,16 @@ class Trainer:
                 bar.update(1)
                 if self.state.step == self._fault_step:  # test hook: a worker dies (see top)
                     os._exit(1)
+                if not self.budget_fixed and self.state.step in (probe_from, probe_to):
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    self._probe.append((self.state.step, time.perf_counter()))
+                    if self.state.step == probe_to:
+                        self._fix_budget()
+                        stop_at = stop_step()
+                        bar.set_description(f"epoch {epoch + 1}/{self.num_epochs}")
+                if every and self.state.step % every == 0:
+                    self._monitor_row(epoch + (step_in_epoch + 1) / self.steps_per_epoch, bar)
 
                 stop = self._stop_signal is not None
                 if self.state.step % cfg.log.log_every == 0 or self.state.step == stop_at:
@@ -678,7 +842,8 @@ class Trainer:
                     ips = (self.state.step - last_log_step) * self.global_batch / max(now - last_log_time, 1e-9)
                     row = {"step": self.state.step, "epoch": epoch + (step_in_epoch + 1) / self.steps_per_epoch,
                            "loss": mean_loss if loss_count else None, "lr": lr, "tau": tau,
-                           "images_per_s": ips, "z_std": _normalised_std(z_last)}
+                           "images_per_s": ips, "z_std": _normalised_std(z_last),
+                           "elapsed_s": round(self.state.elapsed_s + now - t0, 2)}
                     if self._skip_nonfinite:
                         row["skipped"] = skipped
                         if skipped and main:
@@ -697,8 +862,11 @@ class Trainer:
                                     "projections is %.4f (healthy ~%.3f)", self.state.step,
                                     row["z_std"], 1 / math.sqrt(cfg.model.proj_dim))
                     self._record(row)
-                    bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", tau=f"{tau:.4f}",
-                                    ips=f"{ips:.0f}")
+                    post = dict(loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", tau=f"{tau:.4f}",
+                                ips=f"{ips:.0f}")
+                    if self._last_knn is not None:
+                        post["knn"] = f"{self._last_knn:.1f}"
+                    bar.set_postfix(post)
                     loss_sum.zero_()
                     loss_count, last_log_time, last_log_step, skipped = 0, now, self.state.step, 0
                     if stop:
@@ -716,11 +884,16 @@ class Trainer:
                 self._end_of_epoch(stop_at)
             elif self.state.step >= stop_at:
                 break
+        if every and not any(f"knn_top1_k{cfg.log.knn_k}" in r and r["step"] == self.state.step
+                            for r in self.state.history[-3:]):
+            self._monitor_row(self.state.epoch + self.state.step_in_epoch / self.steps_per_epoch)
         if self._saved_step != self.state.step:
             self.save()
         du.barrier()
         wall = time.perf_counter() - t0
         result = {"steps": self.state.step, "epochs": self.state.epoch, "wall_s": wall,
+                  "total_steps": self.total_steps,
+                  "elapsed_s": self.state.elapsed_s + wall,
                   "last": str(self.out / "last.pt"), "skipped_steps": self.state.skipped,
                   "final_loss": next((r["loss"] for r in reversed(self.state.history)
                                       if r.get("loss") is not None), None)}
@@ -768,13 +941,11 @@ class Trainer:
     def _end_of_epoch(self, stop_at: int) -> None:
         cfg = self.cfg
         e = self.state.epoch
-        if cfg.log.knn_every and (e % cfg.log.knn_every == 0 or e == cfg.train.epochs):
-            res = self._knn_monitor()
-            row = {"step": self.state.step, "epoch": e, **res}
-            self._record(row)
-            if self.dist.is_main:
-                log.info("epoch %d: kNN %s", e, ", ".join(f"{k}={v:.2f}" for k, v in res.items()))
-        if e % cfg.log.save_every == 0 or e == cfg.train.epochs or self.state.step >= stop_at:
+        every_steps = cfg.log.knn_every_steps
+        if cfg.log.knn_every and (e % cfg.log.knn_every == 0 or e == self.num_epochs) and not (
+                every_steps and self.state.step % every_steps == 0):  # (not twice at one step)
+            self._monitor_row(float(e))
+        if e % cfg.log.save_every == 0 or e == self.num_epochs or self.state.step >= stop_at:
             self.save()
 
     def _stop_for_signal(self) -> dict[str, Any]:
@@ -787,6 +958,18 @@ class Trainer:
                 "--config %s --resume %s", name, self.state.step, path, self.out / "config.yaml", self.out,
             )
         return {"steps": self.state.step, "interrupted": name, "last": str(self.out / "last.pt")}
+
+
+def _same_images(a, b) -> bool:
+    """True when two opened splits hold the same images (e.g. one .npz named for both)."""
+    if len(a) != len(b):
+        return False
+    if hasattr(a, "images") and hasattr(b, "images"):
+        k = min(len(a), 64)
+        return a.images.shape == b.images.shape and torch.equal(a.images[:k], b.images[:k])
+    if hasattr(a, "files") and hasattr(b, "files"):
+        return a.files == b.files
+    return False
 
 
 def _link_or_copy(path: Path, last: Path) -> None:

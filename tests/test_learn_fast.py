@@ -1,0 +1,227 @@
+"""The learn-fast options: predictor lr multiplier, time budget, kNN monitor subsets, multi-crop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_byol, tiny_config
+
+from byol import engine
+from byol.augment import BYOLAugment
+from byol.checkpoint import load_checkpoint
+from byol.config import ConfigError, load_config, parse_duration
+from byol.engine import Trainer, budget_steps, monitor_subsets
+from byol.models.byol import regression_loss
+from byol.optim import LARS, build_optimizer, set_lr, split_decay_groups
+
+# ---------------------------------------------------------------------------------------------
+# predictor learning-rate multiplier
+
+
+def _cfg(**kw):
+    return load_config(None, [f"{k}={v}" for k, v in kw.items()]).optim
+
+
+def test_predictor_lr_mult_puts_exactly_the_predictor_in_its_own_groups():
+    model = tiny_byol()
+    cfg = _cfg(**{"optim.predictor_lr_mult": 10, "optim.weight_decay": 1e-4})
+    opt = build_optimizer([model.online], cfg, 0.5, predictor=model.predictor)
+    assert isinstance(opt, LARS)
+    pred_ids = {id(p) for p in model.predictor.parameters()}
+    online_ids = {id(p) for p in model.online.parameters()}
+    mine = [g for g in opt.param_groups if g.get("lr_mult", 1.0) == 10]
+    rest = [g for g in opt.param_groups if g.get("lr_mult", 1.0) == 1.0]
+    assert {id(p) for g in mine for p in g["params"]} == pred_ids
+    assert {id(p) for g in rest for p in g["params"]} == online_ids
+    assert all(g["lr"] == pytest.approx(5.0) for g in mine)
+    assert all(g["lr"] == pytest.approx(0.5) for g in rest)
+    # the same decay / LARS split as the predictor gets on its own
+    ref = split_decay_groups([model.predictor], 1e-4)
+    for g, r in zip(mine, ref):
+        assert [id(p) for p in g["params"]] == [id(p) for p in r["params"]]
+        assert g["lars_exclude"] == r["lars_exclude"] and g["weight_decay"] == r["weight_decay"]
+    set_lr(opt, 0.2)  # the schedule's lr keeps the multiplier
+    assert sorted({round(g["lr"], 6) for g in opt.param_groups}) == [0.2, 2.0]
+
+
+def test_predictor_lr_mult_one_is_the_paper_two_groups():
+    model = tiny_byol()
+    opt = build_optimizer([model.online], _cfg(), 0.3, predictor=model.predictor)
+    ref = split_decay_groups([model.online, model.predictor], 1e-6)
+    assert len(opt.param_groups) == len(ref) == 2
+    for g, r in zip(opt.param_groups, ref):
+        assert [id(p) for p in g["params"]] == [id(p) for p in r["params"]]
+        assert "lr_mult" not in g
+
+
+def test_predictor_lr_mult_is_validated():
+    with pytest.raises(ConfigError, match="predictor_lr_mult"):
+        load_config(None, ["optim.predictor_lr_mult=0"])
+
+
+def test_predictor_lr_mult_trains_the_predictor_faster(tmp_path):
+    """One SGD step from the same weights: the predictor moves mult times as far."""
+    moved = {}
+    for mult in (1, 4):
+        torch.manual_seed(0)
+        cfg = tiny_config(tmp_path / f"m{mult}", **{"train.max_steps": 1, "optim.name": "sgd",
+                                                    "optim.momentum": 0.0, "optim.weight_decay": 0,
+                                                    "optim.predictor_lr_mult": mult,
+                                                    "optim.warmup_epochs": 0})
+        t = Trainer(cfg)
+        before = {k: v.clone() for k, v in t.model.state_dict().items()}
+        t.train()
+        after = t.model.state_dict()
+        moved[mult] = {part: sum(float((after[k] - before[k]).abs().sum()) for k in after
+                                 if k.startswith(part) and after[k].is_floating_point()
+                                 and "running" not in k)
+                       for part in ("predictor.", "online.")}
+    assert moved[4]["predictor."] == pytest.approx(4 * moved[1]["predictor."], rel=1e-3)
+    assert moved[4]["online."] == pytest.approx(moved[1]["online."], rel=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# time budget
+
+
+@pytest.mark.parametrize("text,seconds", [("10m", 600), ("90s", 90), ("1.5h", 5400), ("", 0),
+                                          ("0", 0), (45, 45), ("2min", 120)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["ten minutes", "5x", "-3m", "m"])
+def test_bad_time_budget_is_a_config_error(bad):
+    with pytest.raises(ConfigError, match="train.time_budget"):
+        load_config(None, [f"train.time_budget={bad}"])
+
+
+def test_budget_turns_a_rate_into_a_step_count():
+    # 600 s budget, 30 s spent on 23 steps, 2 steps/s: 570 s * 0.97 margin * 2 = 1105.8 more
+    assert budget_steps(23, 30.0, 600.0, 2.0) == 23 + 1105
+    assert budget_steps(23, 30.0, 600.0, 2.0, margin=1.0) == 23 + 1140
+    # a monitor costing 5 s every 100 steps: 0.55 s per step
+    assert budget_steps(0, 0.0, 110.0, 2.0, monitor_s=5.0, monitor_every=100, margin=1.0) == 200
+    # an exhausted budget still ends one step after the last one done
+    assert budget_steps(50, 900.0, 600.0, 2.0) == 51
+
+
+def _fixed_rate(monkeypatch, steps_per_s=1.0, elapsed=2.0):
+    monkeypatch.setattr(Trainer, "_budget_inputs", lambda self: (steps_per_s, elapsed))
+
+
+def test_time_budget_fixes_the_step_count_and_stores_it(tmp_path, monkeypatch):
+    _fixed_rate(monkeypatch)  # 1 step/s, 2 s spent over 23 steps: (40 - 2) * 0.97 = 36.86 -> 23 + 36 steps
+    cfg = tiny_config(tmp_path, **{"train.time_budget": "40s", "train.epochs": 1,
+                                   "log.save_every": 100})
+    t = Trainer(cfg)
+    assert not t.budget_fixed
+    res = t.train()
+    want = budget_steps(engine.BUDGET_PROBE[1], 2.0, 40.0, 1.0)
+    assert res["steps"] == res["total_steps"] == want == 59
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck["schedule"]["total_steps"] == want and ck["schedule"]["budget_fixed"]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any(r.get("budget_total_steps") == want for r in rows)
+    # the lr schedule ends at the chosen count: the last logged lr is the cosine's last step
+    last = [r for r in rows if "lr" in r][-1]
+    assert last["step"] == want and last["lr"] == pytest.approx(
+        engine.warmup_cosine(want - 1, want, t.warmup_steps, t.peak_lr), abs=1e-9)
+
+
+def test_time_budget_resume_ends_at_the_same_step_bitwise(tmp_path, monkeypatch):
+    det = {"train.deterministic": True, "train.time_budget": "40s", "log.save_every": 100}
+    _fixed_rate(monkeypatch)
+    Trainer(tiny_config(tmp_path / "a", **det)).train()
+    Trainer(tiny_config(tmp_path / "b", **det, **{"train.max_steps": 30})).train()
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 30
+    _fixed_rate(monkeypatch, steps_per_s=50.0)  # a faster machine must not change the count
+    Trainer(tiny_config(tmp_path / "b", **det), resume=str(tmp_path / "b")).train()
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["step"] == b["step"] == 59
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_no_budget_keeps_the_epochs_schedule(tmp_path):
+    t = Trainer(tiny_config(tmp_path))
+    assert t.budget_fixed and t.total_steps == 8 and t.num_epochs == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# kNN monitor
+
+
+def test_monitor_subsets_are_fixed_by_the_seed_and_held_out():
+    b1, q1 = monitor_subsets(1000, 1000, 300, 100, seed=3, same_images=True)
+    b2, q2 = monitor_subsets(1000, 1000, 300, 100, seed=3, same_images=True)
+    b3, _ = monitor_subsets(1000, 1000, 300, 100, seed=4, same_images=True)
+    assert torch.equal(b1, b2) and torch.equal(q1, q2) and not torch.equal(b1, b3)
+    assert len(b1) == 300 and len(q1) == 100
+    assert not set(b1.tolist()) & set(q1.tolist())  # no query is in the bank
+    b, q = monitor_subsets(1000, 200, 0, 50, seed=0, same_images=False)
+    assert len(b) == 1000 and len(q) == 50 and int(q.max()) < 200
+
+
+def test_monitor_never_queries_training_images_of_the_same_split(tmp_path):
+    cfg = tiny_config(tmp_path, **{"data.val_split": "train", "log.knn_every_steps": 4,
+                                   "log.knn_bank": 40, "log.knn_queries": 16, "log.knn_k": 5})
+    t = Trainer(cfg)
+    t.train()
+    idx = t.monitor_indices
+    assert idx["same_images"] and len(idx["bank"]) == 40 and len(idx["queries"]) == 16
+    assert not set(idx["bank"].tolist()) & set(idx["queries"].tolist())
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    knn = [r for r in rows if "knn_top1_k5" in r]
+    assert [r["step"] for r in knn] == [0, 4, 8]  # at init, every 4 steps, the end
+    assert all(r["elapsed_s"] >= 0 for r in knn)
+    assert knn[0]["elapsed_s"] <= knn[-1]["elapsed_s"]
+
+
+# ---------------------------------------------------------------------------------------------
+# multi-crop
+
+
+def test_local_views_shapes_and_order():
+    cfg = load_config(None, ["augment.image_size=16", "augment.local_crops=3",
+                             "augment.interpolation=bilinear"]).augment
+    aug = BYOLAugment(cfg, 3)
+    images = torch.randint(0, 256, (5, 3, 20, 20), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    local = aug.local_views(images, g)
+    assert local.shape == (15, 3, 8, 8)  # 3 crops x 5 images, half of image_size
+
+
+def test_multicrop_loss_is_the_mean_over_pairs():
+    model = tiny_byol(fuse_views=False)
+    torch.manual_seed(1)
+    v1, v2 = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    local = torch.randn(8, 3, 8, 8)  # 2 local views of 4 images
+    loss, _ = model(v1, v2, local)
+    with torch.no_grad():
+        z1, z2 = model.online(v1), model.online(v2)
+        t1, t2 = model.target(v1), model.target(v2)
+        p1, p2 = model.predictor(z1), model.predictor(z2)
+        pl = model.predictor(model.online(local)).view(2, 4, -1)
+        pairs = [regression_loss(p1, t2), regression_loss(p2, t1)]
+        pairs += [regression_loss(p, t) for p in pl for t in (t1, t2)]
+    assert float(loss.detach()) == pytest.approx(2 * float(sum(pairs)) / len(pairs), rel=1e-5)
+    loss.backward()  # the local views train the online network
+    assert model.online.backbone.conv1.weight.grad is not None
+
+
+def test_multicrop_pretraining_runs_and_folder_data_is_refused(tmp_path):
+    cfg = tiny_config(tmp_path / "a", **{"augment.local_crops": 2, "train.max_steps": 2})
+    assert Trainer(cfg).train()["steps"] == 2
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(20):
+        Image.new("RGB", (20, 20), (i * 10, 0, 0)).save(root / f"{i}.png")
+    cfg = tiny_config(tmp_path / "b", **{"augment.local_crops": 2, "data.source": "unlabeled_folder",
+                                         "data.path": str(root), "data.in_memory": False})
+    with pytest.raises(engine.TrainingError, match="augment.local_crops"):
+        Trainer(cfg)
