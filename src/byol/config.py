@@ -82,6 +82,7 @@ class DataConfig:
     path: str = ""
     split: str = "train"
     val_split: str = "test"  # labeled split for the kNN monitor and evaluations
+    val_path: str = ""  # file or folder of the val_split when it is not in data.path (a test .npz)
     in_memory: bool | None = None  # None: in memory when the decoded set fits in max_memory_gb
     max_memory_gb: float = 8.0
     load_size: int = 0  # folder sources held in memory are resized to this side (0: image_size)

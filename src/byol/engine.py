@@ -560,8 +560,8 @@ class Trainer:
                   load_size=d.load_size, strict=d.strict, synthetic_size=d.synthetic_size,
                   seed=self.cfg.train.seed)
         train_src = open_source(d.source, d.path, d.split, **kw)
-        same = d.val_split == d.split
-        val_src = train_src if same else open_source(d.source, d.path, d.val_split, **kw)
+        same = d.val_split == d.split and not d.val_path
+        val_src = train_src if same else open_source(d.source, d.val_path or d.path, d.val_split, **kw)
         if train_src.labels is None or val_src.labels is None:
             raise TrainingError(
                 f"the kNN monitor (log.knn_every / log.knn_every_steps) needs labels: data.split="
