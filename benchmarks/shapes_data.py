@@ -57,9 +57,6 @@ def make_shapes(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> tup
         b = len(lab)
         shape, fill = lab % len(SHAPES), lab // len(SHAPES)
 
-        def col(lo=0.0, hi_=1.0):
-            return rng.uniform(lo, hi_, (b, 1, 1, 3))
-
         scale = rng.uniform(0.35, 0.75, (b, 1, 1))
         cx, cy = rng.uniform(-0.3, 0.3, (2, b, 1, 1))
         ang = rng.uniform(0, 2 * np.pi, (b, 1, 1))
@@ -68,7 +65,7 @@ def make_shapes(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> tup
         y = -x0 * np.sin(ang) + y0 * np.cos(ang)
         mask = _masks(np.broadcast_to(shape[:, None, None], x.shape), x, y,
                       np.broadcast_to(scale, x.shape))
-        fg, fg2, bg = col(), col(), col()
+        fg, fg2, bg = rng.uniform(0, 1, (3, b, 1, 1, 3))
         phi = rng.uniform(0, np.pi, (b, 1, 1))
         freq = rng.uniform(5, 9, (b, 1, 1)) * np.pi
         stripes = (np.sin(freq * (x * np.cos(phi) + y * np.sin(phi))) > 0)[..., None]

@@ -225,3 +225,16 @@ def test_multicrop_pretraining_runs_and_folder_data_is_refused(tmp_path):
                                          "data.path": str(root), "data.in_memory": False})
     with pytest.raises(engine.TrainingError, match="augment.local_crops"):
         Trainer(cfg)
+
+
+def test_report_draws_knn_against_minutes_only_when_timed(tmp_path):
+    from byol.eval.plots import plot_training
+
+    m = tmp_path / "metrics.jsonl"
+    m.write_text('{"step": 0, "epoch": 0, "elapsed_s": 3.0, "knn_top1_k20": 70.0}\n'
+                 '{"step": 5, "epoch": 0.5, "loss": 3.0, "lr": 0.1, "tau": 0.99}\n'
+                 '{"step": 10, "epoch": 1, "elapsed_s": 63.0, "knn_top1_k20": 80.0}\n')
+    names = {p.name for p in plot_training(m, tmp_path / "a")}
+    assert names == {"loss.png", "knn.png", "knn_minutes.png"}
+    m.write_text('{"step": 10, "epoch": 1, "knn_top1_k20": 80.0}\n')
+    assert {p.name for p in plot_training(m, tmp_path / "b")} == {"knn.png"}

@@ -50,8 +50,9 @@ def _knn_key(rows: Sequence[dict[str, Any]]) -> str | None:
 
 
 def plot_training(metrics_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
-    """loss.png (loss against optimizer step, with lr and tau on a second axis when logged) and
-    knn.png (kNN top-1 against epoch) from a run's metrics.jsonl. Returns the files written."""
+    """loss.png (loss against optimizer step, with lr and tau on a second axis when logged),
+    knn.png (kNN top-1 against epoch) and knn_minutes.png (against wall-clock minutes, when the
+    rows carry ``elapsed_s``) from a run's metrics.jsonl. Returns the files written."""
     rows = read_metrics(metrics_path)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -83,8 +84,8 @@ def plot_training(metrics_path: str | os.PathLike, out_dir: str | os.PathLike) -
         written.append(p)
     key = _knn_key(rows)
     if key:
-        pts = [(r.get("epoch", i), r[key]) for i, r in enumerate(rows)
-               if isinstance(r.get(key), (int, float))]
+        knn_rows = [r for r in rows if isinstance(r.get(key), (int, float))]
+        pts = [(r.get("epoch", i), r[key]) for i, r in enumerate(knn_rows)]
         fig, ax = plt.subplots(figsize=(7, 4))
         ax.plot(*zip(*pts), marker="o", lw=1)
         ax.set_xlabel("epoch")
@@ -95,6 +96,19 @@ def plot_training(metrics_path: str | os.PathLike, out_dir: str | os.PathLike) -
         fig.savefig(p, dpi=100)
         plt.close(fig)
         written.append(p)
+        timed = [(r["elapsed_s"] / 60, r[key]) for r in knn_rows
+                 if isinstance(r.get("elapsed_s"), (int, float))]
+        if timed:  # the monitor's rows carry the run's wall time: kNN against minutes
+            fig, ax = plt.subplots(figsize=(7, 4))
+            ax.plot(*zip(*timed), marker="o", lw=1)
+            ax.set_xlabel("wall-clock minutes of pretraining")
+            ax.set_ylabel(f"kNN top-1 % ({key}, monitor subset)")
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            p = out / "knn_minutes.png"
+            fig.savefig(p, dpi=100)
+            plt.close(fig)
+            written.append(p)
     return written
 
 
