@@ -238,3 +238,12 @@ def test_report_draws_knn_against_minutes_only_when_timed(tmp_path):
     assert names == {"loss.png", "knn.png", "knn_minutes.png"}
     m.write_text('{"step": 10, "epoch": 1, "knn_top1_k20": 80.0}\n')
     assert {p.name for p in plot_training(m, tmp_path / "b")} == {"knn.png"}
+
+
+def test_total_steps_sets_the_schedule_length(tmp_path):
+    cfg = tiny_config(tmp_path, **{"train.total_steps": 5, "train.epochs": 1})
+    t = Trainer(cfg)
+    assert t.total_steps == 5 and t.num_epochs == 2  # 4 steps per epoch
+    assert t.train()["steps"] == 5
+    with pytest.raises(ConfigError, match="total_steps"):
+        load_config(None, ["train.total_steps=5", "train.time_budget=1m"])

@@ -127,6 +127,9 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads (0: torch's default)
     steps_per_epoch: int = 0  # 0: len(dataset) // global batch
     max_steps: int = 0  # stop after this many optimizer steps (0: all epochs)
+    # the schedule's length in optimizer steps (0: train.epochs x steps per epoch); the run
+    # ends there, in the middle of an epoch if need be
+    total_steps: int = 0
     # wall-clock budget for the whole schedule, e.g. "10m", "90s", "1.5h" ("" or 0: off). The
     # throughput of the first steps fixes the total step count so that the cosine lr and tau
     # end when the budget is spent; the count is stored in the checkpoint (a resume ends at the
@@ -377,7 +380,7 @@ def validate(cfg: Config, where: str = "config") -> None:
         bad("train.accumulate", f"must be >= 1, got {t.accumulate}")
     if t.epochs < 1:
         bad("train.epochs", f"must be >= 1, got {t.epochs}")
-    for k in ("steps_per_epoch", "max_steps", "threads"):
+    for k in ("steps_per_epoch", "max_steps", "threads", "total_steps"):
         if getattr(t, k) < 0:
             bad(f"train.{k}", "must be >= 0")
     if not 0.0 <= t.tau_base <= 1.0:
@@ -397,9 +400,11 @@ def validate(cfg: Config, where: str = "config") -> None:
     if not o.predictor_lr_mult > 0:
         bad("optim.predictor_lr_mult", f"must be > 0, got {o.predictor_lr_mult}")
     try:
-        parse_duration(t.time_budget)
+        budget = parse_duration(t.time_budget)
     except ValueError as e:
         bad("train.time_budget", str(e))
+    if budget and t.total_steps:
+        bad("train.total_steps", "and train.time_budget both fix the schedule's length: set one")
     if a.local_crops < 0:
         bad("augment.local_crops", f"must be >= 0, got {a.local_crops}")
     if a.local_size and a.local_size < 8:

@@ -289,8 +289,8 @@ class Trainer:
                 f"(train.batch_size={t.batch_size} x train.accumulate={t.accumulate} x "
                 f"{self.dist.world_size} processes): lower train.batch_size"
             )
-        self.total_steps = self.steps_per_epoch * t.epochs
-        self.num_epochs = t.epochs
+        self.total_steps = t.total_steps or self.steps_per_epoch * t.epochs
+        self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
         self.time_budget_s = parse_duration(t.time_budget)
         # with a time budget the step count is fixed after BUDGET_PROBE[1] steps; until then the
         # epochs-based count shapes the schedules and the run may go on past it
@@ -326,6 +326,7 @@ class Trainer:
                 log.warning("tensorboard is not installed: no event files")
         self._knn_data = None
         self._monitor_cost = 0.0
+        self._monitor_total = 0.0  # seconds this session spent in the monitor
         self._last_knn: float | None = None
         self.monitor_indices: dict[str, Any] | None = None
         self._t0: float | None = None
@@ -604,12 +605,14 @@ class Trainer:
         k = self.cfg.log.knn_k
         res = knn_classify(ftr, train_src.labels, fte, val_src.labels, ks=(k,))
         self._monitor_cost = time.perf_counter() - t0
+        self._monitor_total += self._monitor_cost
         return {f"knn_top1_k{k}": res[f"k={k}"]["top1"], f"knn_top5_k{k}": res[f"k={k}"]["top5"]}
 
     def _monitor_row(self, epoch: float, bar=None) -> None:
         res = self._knn_monitor()
         row = {"step": self.state.step, "epoch": epoch,
-               "elapsed_s": round(self.state.elapsed_s + self._session_elapsed(), 2), **res}
+               "elapsed_s": round(self.state.elapsed_s + self._session_elapsed(), 2),
+               "monitor_s": round(self._monitor_total, 2), **res}
         self._record(row)
         k = self.cfg.log.knn_k
         self._last_knn = res[f"knn_top1_k{k}"]
