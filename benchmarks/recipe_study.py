@@ -1,23 +1,25 @@
 """Recipe study for short CPU budgets: which settings make BYOL learn fast?
 
-Starts from a preset (``fmnist_quick`` as it landed before this study) and changes one thing at
-a time, stage by stage (coordinate descent): every cell of a stage is the current recipe with
-one change; the stage's best cell, when it beats the current recipe, becomes the recipe the
-next stage starts from. Every cell trains for the same number of images (``--epochs``), so
-cells of the same network cost the same compute, and is scored by weighted kNN (k=20,
-T=0.07) of the pooled backbone features: train split as the bank, test split as the queries,
-next to the same network at its random initialisation (same seed) and raw pixels.
+Part 1 changes one thing at a time on a preset (``fmnist_quick`` as it landed before this
+study); part 2 changes one thing at a time on an anchor built from the published evidence, then
+combines the part-2 changes that beat the anchor. Every cell trains on the same number of images
+(``--images``, the schedule ends there: ``train.total_steps = images // batch``), so cells of one
+network cost the same compute, and is scored by weighted kNN (k=20, T=0.07) of the pooled
+backbone features: a fixed, seeded bank of ``--bank`` train images (0: all 60k) and all the test
+images as queries, next to the same network at its random initialisation (same seed).
 
 Cells run as separate processes (``--workers`` at a time, ``--threads`` torch threads each),
-so a crash costs one cell; finished cells are kept in OUT/cells.jsonl and skipped on a rerun,
-so the study resumes where it stopped. After every cell the Markdown table is rewritten into
-``--results`` between ``<!-- recipe-study:start -->`` and ``<!-- recipe-study:end -->``.
+so a crash costs one cell. Finished cells are kept in OUT/cells.jsonl and skipped on a rerun, so
+the study resumes where it stopped; a cell being run is claimed by a file in OUT/claims, so two
+drivers started on the same OUT share the queue without running a cell twice. After every cell
+the Markdown table is rewritten into ``--results`` between ``<!-- recipe-study:start -->`` and
+``<!-- recipe-study:end -->``.
 
-Accuracy does not depend on how many jobs share the machine; wall times do (the table says how
-many workers ran at once).
+Accuracy does not depend on how many jobs share the machine; wall times do (each row says how
+many threads its process had; the table says how many drivers shared the machine).
 
-    python benchmarks/recipe_study.py --out runs/study --epochs 1 --workers 2 --threads 1
-    python benchmarks/recipe_study.py --out runs/study --cell 'eta=optim.eta=0.02;train.tau_base=0.97' --seeds 0 1 2 --linear
+    python benchmarks/recipe_study.py --out runs/study --images 30000 --workers 1 --threads 1
+    python benchmarks/recipe_study.py --out runs/study --cell 'best=optim.eta=0.02;train.tau_base=0.97' --seeds 0 1 2 --linear
 """
 
 from __future__ import annotations
@@ -35,36 +37,39 @@ from pathlib import Path
 
 # Part 1: one change at a time on the preset as it landed (LARS eta 0.001, batch 256, tau 0.99).
 PRESET_CELLS: list[tuple[str, list[str]]] = [
-    ("base (fmnist_quick)", []),
-    ("eta=0.005", ["optim.eta=0.005"]),
+    ("base (fmnist_quick as landed)", []),
     ("eta=0.02", ["optim.eta=0.02"]),
-    ("eta=0.05", ["optim.eta=0.05"]),
-    ("base_lr=2", ["optim.base_lr=2.0"]),
     ("batch=64", ["train.batch_size=64"]),
     ("tau_base=0.97", ["train.tau_base=0.97"]),
 ]
-# Part 2 starts from the combination of part 1's three largest levers (more optimiser steps per
-# image, a LARS trust coefficient that lets the weights move, a faster target) and changes one
-# thing at a time again; the cells that beat it are then combined.
+# Part 2 starts from the combination of the three levers the published evidence points to
+# (../shared/RECIPES.md: solo-learn's LARS eta 0.02, DeepMind's tau 0.97 for short schedules,
+# more optimiser steps per image) and changes one thing at a time again; the cells that beat it
+# are then combined. Listed in the order they run: the likeliest large effects first.
 ANCHOR = ["train.batch_size=64", "optim.eta=0.02", "train.tau_base=0.97"]
 ANCHOR_CELLS: list[tuple[str, list[str]]] = [
     ("anchor: batch 64, eta 0.02, tau 0.97", []),
-    ("width=32", ["model.width=32"]),
-    ("batch=32", ["train.batch_size=32"]),
-    ("batch=128", ["train.batch_size=128"]),
-    ("tau_base=0.99", ["train.tau_base=0.99"]),
     ("tau_base=0.9", ["train.tau_base=0.9"]),
-    ("base_lr=2", ["optim.base_lr=2.0"]),
     ("predictor_lr_mult=10", ["optim.predictor_lr_mult=10"]),
-    ("wd=1e-4", ["optim.weight_decay=1e-4"]),
-    ("crop=0.08-1", ["augment.view1.crop_scale=[0.08,1.0]", "augment.view2.crop_scale=[0.08,1.0]"]),
     ("crop=0.5-1", ["augment.view1.crop_scale=[0.5,1.0]", "augment.view2.crop_scale=[0.5,1.0]"]),
     ("no blur", ["augment.view1.blur_p=0", "augment.view2.blur_p=0"]),
+    ("eta=0.05", ["optim.eta=0.05"]),
+    ("tau_base=0.99", ["train.tau_base=0.99"]),
     ("no solarize", ["augment.view2.solarize_p=0"]),
+    ("batch=32", ["train.batch_size=32"]),
+    ("batch=128", ["train.batch_size=128"]),
+    ("crop=0.08-1", ["augment.view1.crop_scale=[0.08,1.0]", "augment.view2.crop_scale=[0.08,1.0]"]),
+    ("blur sigma 0.1-1", ["augment.view1.blur_sigma=[0.1,1.0]", "augment.view2.blur_sigma=[0.1,1.0]"]),
+    ("eta=0.01", ["optim.eta=0.01"]),
+    ("wd=1e-4", ["optim.weight_decay=1e-4"]),
     ("heads 256/64", ["model.proj_hidden_dim=256", "model.proj_dim=64", "model.pred_hidden_dim=256"]),
     ("heads 2048/256", ["model.proj_hidden_dim=2048", "model.proj_dim=256", "model.pred_hidden_dim=2048"]),
+    ("width=32", ["model.width=32"]),
+    ("depth: resnet10", ["model.arch=resnet10"]),
     ("2 local views 14px", ["augment.local_crops=2", "augment.local_size=14"]),
 ]
+# changes that cost compute per image are reported, not combined blindly
+COSTLY = ("model.width", "model.arch", "augment.local_crops", "model.proj_hidden_dim")
 
 START, END = "<!-- recipe-study:start -->", "<!-- recipe-study:end -->"
 
@@ -87,22 +92,36 @@ def _knn20(a, ya, b, yb) -> float:
     return knn_classify(a, ya, b, yb, ks=(20,))["k=20"]["top1"]
 
 
+def eval_sources(cfg, bank: int):
+    """The scoring images, the same for every cell: a bank of ``bank`` train images drawn with
+    seed 0 (all when 0) and every test image."""
+    from byol.data import open_source
+    from byol.engine import monitor_subsets, subset_source
+
+    train = open_source(cfg.data.source, cfg.data.path, cfg.data.split)
+    test = open_source(cfg.data.source, cfg.data.val_path or cfg.data.path, cfg.data.val_split)
+    bi, _ = monitor_subsets(len(train), len(test), bank, 0, 0, False)
+    return (subset_source(train, bi, "bank") if bank else train), test
+
+
 def run_cell(args: argparse.Namespace, name: str, overrides: list[str], seed: int) -> dict:
     import torch
 
     from byol.checkpoint import load_backbone
     from byol.config import load_config
-    from byol.data import open_source
     from byol.engine import pretrain
     from byol.eval.linear import linear_probe_features
     from byol.models import build_byol
 
     torch.set_num_threads(args.threads)
     out = Path(args.out) / "cells" / f"{_slug(name)}_s{seed}"
-    sets = [*overrides, f"train.epochs={args.epochs}", f"train.seed={seed}",
+    cfg = load_config(args.config, overrides + ([f"data.path={args.data}"] if args.data else []))
+    steps = args.images // (cfg.train.batch_size * cfg.train.accumulate)
+    sets = [*overrides, f"train.total_steps={steps}", f"train.seed={seed}",
             f"train.threads={args.threads}", f"log.out_dir={out}", "log.progress=false",
             "log.tensorboard=false", f"log.save_every={10**6}", "log.knn_every=0",
-            "train.device=cpu"] + ([f"data.path={args.data}"] if args.data else [])
+            "log.knn_every_steps=0", "train.time_budget=", "train.device=cpu"] + (
+                [f"data.path={args.data}"] if args.data else [])
     cfg = load_config(args.config, sets)
     torch.manual_seed(seed)
     init = build_byol(cfg.model).backbone  # the run's own initial weights (same seed)
@@ -110,27 +129,26 @@ def run_cell(args: argparse.Namespace, name: str, overrides: list[str], seed: in
     res = pretrain(cfg)
     wall = time.perf_counter() - t0
     trained, _ = load_backbone(res["last"])
-    train = open_source(cfg.data.source, cfg.data.path, cfg.data.split)
-    test = open_source(cfg.data.source, cfg.data.val_path or cfg.data.path, cfg.data.val_split)
+    train, test = eval_sources(cfg, args.bank)
     t1 = time.perf_counter()
     ftr, fte = _features(trained, cfg, train, "cpu"), _features(trained, cfg, test, "cpu")
-    row = {"cell": name, "overrides": overrides, "seed": seed, "epochs": args.epochs,
-           "steps": res["steps"], "train_s": round(wall, 1), "final_loss": res["final_loss"],
-           "knn20": round(_knn20(ftr, train.labels, fte, test.labels), 2)}
+    row = {"cell": name, "overrides": overrides, "seed": seed, "images": args.images,
+           "bank": args.bank, "steps": res["steps"], "train_s": round(wall, 1),
+           "final_loss": res["final_loss"], "knn20": round(_knn20(ftr, train.labels, fte, test.labels), 2)}
     row["eval_s"] = round(time.perf_counter() - t1, 1)
     rfile = Path(args.out) / "random_init.json"
-    key = json.dumps([cfg.to_dict()["model"], seed])
+    key = json.dumps([cfg.to_dict()["model"], seed, args.bank])
     cache = json.loads(rfile.read_text()) if rfile.is_file() else {}
     if key not in cache:
         a, b = _features(init, cfg, train, "cpu"), _features(init, cfg, test, "cpu")
-        cache[key] = round(_knn20(a, train.labels, b, test.labels), 2)
-        cache = {**(json.loads(rfile.read_text()) if rfile.is_file() else {}), key: cache[key]}
+        value = round(_knn20(a, train.labels, b, test.labels), 2)
+        cache = {**(json.loads(rfile.read_text()) if rfile.is_file() else {}), key: value}
         rfile.write_text(json.dumps(cache))
     row["random_knn20"] = cache[key]
     if args.linear:
         lin = linear_probe_features(ftr, train.labels, fte, test.labels, epochs=30, device="cpu")
         row["linear"] = round(lin["top1"], 2)
-    row["workers"] = args.workers
+    row["threads"] = args.threads
     return row
 
 
@@ -147,28 +165,44 @@ def _load_rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in f.read_text().splitlines() if line.strip()] if f.is_file() else []
 
 
+def _done(args, overrides: list[str], seed: int) -> dict | None:
+    for r in _load_rows(Path(args.out)):
+        if (r["overrides"] == overrides and r["seed"] == seed and r.get("images") == args.images
+                and r.get("bank") == args.bank and (not args.linear or "linear" in r)):
+            return r
+    return None
+
+
 def _spawn(args: argparse.Namespace, name: str, overrides: list[str], seed: int) -> dict | None:
     out = Path(args.out)
-    for r in _load_rows(out):
-        if r["overrides"] == overrides and r["seed"] == seed and r["epochs"] == args.epochs and (
-                not args.linear or "linear" in r):
-            return r
+    if (r := _done(args, overrides, seed)) is not None:
+        return r
+    claim = out / "claims" / f"{_slug(json.dumps([overrides, seed, args.images, args.bank, args.linear]))[:200]}"
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:  # another driver runs it: wait for its row
+        while (r := _done(args, overrides, seed)) is None and claim.exists():
+            time.sleep(10)
+        return r
     cmd = [sys.executable, __file__, "--_one", json.dumps([name, overrides, seed]),
-           "--out", args.out, "--epochs", str(args.epochs), "--threads", str(args.threads),
-           "--workers", str(args.workers), "--config", args.config, "--data", args.data]
+           "--out", args.out, "--images", str(args.images), "--bank", str(args.bank),
+           "--threads", str(args.threads), "--config", args.config, "--data", args.data]
     if args.linear:
         cmd.append("--linear")
     log = out / "logs" / f"{_slug(name)}_s{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT,
-                           env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    try:
+        with open(log, "w") as f:
+            p = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT,
+                               env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    finally:
+        claim.unlink(missing_ok=True)
     if p.returncode != 0:
         print(f"cell {name} seed {seed} failed (exit {p.returncode}): see {log}", flush=True)
         return None
-    rows = [r for r in _load_rows(out) if r["overrides"] == overrides and r["seed"] == seed
-            and r["epochs"] == args.epochs]
-    return rows[-1] if rows else None
+    write_table(args)
+    return _done(args, overrides, seed)
 
 
 def _run_many(args, jobs: list[tuple[str, list[str], int]]) -> list[dict | None]:
@@ -177,21 +211,20 @@ def _run_many(args, jobs: list[tuple[str, list[str], int]]) -> list[dict | None]
 
 
 def study(args: argparse.Namespace) -> None:
-    """Part 1 on the preset, part 2 on the anchor (slowest cells first, so the two workers stay
-    busy), then the anchor plus every part-2 change that beat it by more than --min-gain."""
+    """Part 2's anchor and part 1's base first, then the rest in the listed order; then the
+    anchor plus every part-2 change (but the costly ones) that beat it by more than --min-gain."""
     out = Path(args.out)
     seed = args.seeds[0]
-    jobs = [(n, ov, seed) for n, ov in PRESET_CELLS]
+    preset = [(n, ov, seed) for n, ov in PRESET_CELLS]
     anchor_jobs = [(n, _merge(ANCHOR, ov), seed) for n, ov in ANCHOR_CELLS]
-    rows = _run_many(args, [anchor_jobs[1], *jobs, anchor_jobs[0], *anchor_jobs[2:]])
-    write_table(args)
+    rows = _run_many(args, [anchor_jobs[0], preset[0], *anchor_jobs[1:5], *preset[1:], *anchor_jobs[5:]])
     by = {json.dumps(r["overrides"]): r for r in rows if r is not None}
     anchor = by.get(json.dumps(ANCHOR))
     if anchor is None:
         return
     winners = [ov for n, ov in ANCHOR_CELLS[1:]
                if (r := by.get(json.dumps(_merge(ANCHOR, ov)))) and r["knn20"] > anchor["knn20"] + args.min_gain
-               and not any(o.startswith("model.width") for o in ov)]  # compute changes: not free
+               and not any(o.startswith(COSTLY) for o in ov)]
     combo = ANCHOR
     for ov in winners:
         combo = _merge(combo, ov)
@@ -210,23 +243,29 @@ def _merge(recipe: list[str], overrides: list[str]) -> list[str]:
 def write_table(args: argparse.Namespace) -> None:
     rows = _load_rows(Path(args.out))
     flags = _cpu_flags()
+    bank = f"a seeded bank of {args.bank} train images" if args.bank else "all 60k train images as the bank"
     lines = [START, "", f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} "
-             f"cores, CPU flags: {flags}; {date.today().isoformat()}.",
-             f"Command: `python benchmarks/recipe_study.py --out {args.out} --epochs {args.epochs} "
-             f"--workers {args.workers} --threads {args.threads}`. kNN k=20 top-1 (%) on the 10k "
-             "test images, bank = the train images. `workers` jobs shared the machine, each "
-             f"with {args.threads} thread(s): the train seconds are for that setting.", "",
-             "| cell | overrides on the running recipe | seed | epochs | steps | train s | kNN k=20 | "
-             "random init | linear |", "|---|---|---|---|---|---|---|---|---|"]
+             f"cores, CPU flags: {flags} (fp32 unless the flags include avx512_bf16); "
+             f"{date.today().isoformat()}.",
+             f"Command: `python benchmarks/recipe_study.py --out {args.out} --images {args.images} "
+             f"--bank {args.bank} --threads {args.threads}` (two drivers shared the two cores, or "
+             f"one driver next to another job). kNN k=20 top-1 (%) on the 10k test images with {bank}; "
+             "`random init` is the same network before training (same seed). `threads`: torch "
+             "threads of the cell's process; its train seconds are for that setting on a shared "
+             "machine.", "",
+             "| cell | overrides on the preset | seed | images | steps | train s | threads | kNN k=20 | "
+             "random init | gain | linear |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lin = f"{r['linear']:.2f}" if "linear" in r else ""
         lines.append(f"| {r['cell']} | `{' '.join(r['overrides']) or '(preset)'}` | {r['seed']} | "
-                     f"{r['epochs']} | {r['steps']} | {r['train_s']:.0f} | {r['knn20']:.2f} | "
-                     f"{r['random_knn20']:.2f} | {lin} |")
+                     f"{r.get('images', '')} | {r['steps']} | {r['train_s']:.0f} | {r.get('threads', '')} | "
+                     f"{r['knn20']:.2f} | {r['random_knn20']:.2f} | "
+                     f"{r['knn20'] - r['random_knn20']:+.2f} | {lin} |")
     state = Path(args.out) / "recipe.json"
     if state.is_file():
         st = json.loads(state.read_text())
-        lines += ["", f"Changes to the anchor that beat it by more than {args.min_gain} points: "
+        lines += ["", f"Changes to the anchor that beat it by more than {args.min_gain} points "
+                  "(compute-changing ones aside): "
                   + (", ".join(f"`{' '.join(w)}`" for w in st["winners"]) or "none")
                   + f"; combined: `{' '.join(st['combined'])}`."]
     lines += ["", END]
@@ -255,18 +294,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", default="fmnist_quick")
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--out", default="runs/study")
-    ap.add_argument("--epochs", type=int, default=1, help="training epochs per cell")
+    ap.add_argument("--images", type=int, default=30000, help="training images per cell")
+    ap.add_argument("--bank", type=int, default=10000, help="train images in the kNN bank (0: all)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--workers", type=int, default=2, help="cells at once")
+    ap.add_argument("--workers", type=int, default=1, help="cells at once")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per cell")
     ap.add_argument("--min-gain", type=float, default=0.0)
     ap.add_argument("--linear", action="store_true", help="also a linear probe per cell")
-    ap.add_argument("--only", nargs="*", default=[], help="run only stages whose name contains these")
     ap.add_argument("--cell", action="append", default=[],
                     help="NAME=key=value;key=value: run just these cells (on every --seeds)")
     ap.add_argument("--results", default=str(Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md"))
+    ap.add_argument("--table", action="store_true", help="only rewrite the table from OUT")
     ap.add_argument("--_one", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.table:
+        write_table(args)
+        return
     if args._one:
         name, overrides, seed = json.loads(args._one)
         row = run_cell(args, name, overrides, seed)
