@@ -247,3 +247,29 @@ def test_total_steps_sets_the_schedule_length(tmp_path):
     assert t.train()["steps"] == 5
     with pytest.raises(ConfigError, match="total_steps"):
         load_config(None, ["train.total_steps=5", "train.time_budget=1m"])
+
+
+def test_monitor_verdict_compares_the_last_point_with_the_init_point():
+    rows = [{"step": 0, "knn_top1_k20": 70.0}, {"step": 5, "loss": 1.0},
+            {"step": 10, "knn_top1_k20": 74.5}, {"step": 20, "knn_top1_k20": 76.25}]
+    assert engine.monitor_verdict(rows, 20) == {"init": 70.0, "final": 76.25, "gain": 6.25, "step": 20}
+    assert engine.monitor_verdict(rows[1:], 20) is None  # no point at init (a resumed run's tail)
+    assert engine.monitor_verdict(rows[:1], 20) is None  # no point after it
+    assert engine.monitor_verdict(rows, 5) is None  # another k
+
+
+def test_a_run_that_did_not_help_says_so(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(engine, "HELPED_MARGIN", 1000.0)  # no tiny run gains 1000 points
+    cfg = tiny_config(tmp_path, **{"log.knn_every_steps": 4, "log.knn_bank": 40,
+                                   "log.knn_queries": 16, "log.knn_k": 5})
+    with caplog.at_level("INFO", logger="byol"):
+        res = Trainer(cfg).train()
+    v = res["knn_monitor"]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    knn = [r["knn_top1_k5"] for r in rows if "knn_top1_k5" in r]
+    assert (v["init"], v["final"], v["step"]) == (knn[0], knn[-1], res["steps"])
+    assert v["gain"] == round(knn[-1] - knn[0], 2)
+    assert json.loads((tmp_path / "train_result.json").read_text())["knn_monitor"] == v
+    text = caplog.text
+    assert "vs the same network at random init" in text
+    assert "has not (yet) improved the features" in text and "crop_scale" in text

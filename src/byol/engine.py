@@ -900,9 +900,36 @@ class Trainer:
                   "last": str(self.out / "last.pt"), "skipped_steps": self.state.skipped,
                   "final_loss": next((r["loss"] for r in reversed(self.state.history)
                                       if r.get("loss") is not None), None)}
+        verdict = monitor_verdict(self.state.history, cfg.log.knn_k)
+        if verdict is not None:
+            result["knn_monitor"] = verdict
+            if main:
+                self._say_verdict(verdict)
         if main:
             (self.out / "train_result.json").write_text(json.dumps(result, indent=2))
         return result
+
+    def _say_verdict(self, v: dict[str, float]) -> None:
+        """Did pretraining help? The monitor's last kNN next to its first (the same network at
+        its random initialisation, on the same bank and queries), and what to try when not."""
+        k, a = self.cfg.log.knn_k, self.cfg.augment
+        log.info("kNN monitor (k=%d, %s): BYOL %.2f%% after %d steps vs the same network at random "
+                 "init %.2f%% (%+.2f points)", k, self._monitor_what(), v["final"], v["step"],
+                 v["init"], v["gain"])
+        if v["gain"] < HELPED_MARGIN:
+            log.warning(
+                "pretraining has not (yet) improved the features: kNN %.2f%% vs %.2f%% at random "
+                "init. Likely causes: too few optimiser steps (%d; raise train.epochs or "
+                "train.time_budget), augmentation too strong for %d px images (try "
+                "augment.view1.crop_scale=[0.5,1.0], the same for view2, and blur_p=0), or steps "
+                "too small (raise optim.eta with LARS, or optim.base_lr)",
+                v["final"], v["init"], v["step"], a.image_size)
+
+    def _monitor_what(self) -> str:
+        idx = self.monitor_indices
+        if idx is None:
+            return "monitor subsets"
+        return f"bank {len(idx['bank'])} train images, {len(idx['queries'])} held-out queries"
 
     def _epoch_batches(self, perm: torch.Tensor, epoch: int, first: int):
         """Yields, per optimiser step, the list of (view1, view2) micro-batches of this process."""
@@ -961,6 +988,22 @@ class Trainer:
                 "--config %s --resume %s", name, self.state.step, path, self.out / "config.yaml", self.out,
             )
         return {"steps": self.state.step, "interrupted": name, "last": str(self.out / "last.pt")}
+
+
+HELPED_MARGIN = 1.0  # kNN points over random init below which a run is said not to have helped
+
+
+def monitor_verdict(history: list[dict[str, Any]], k: int) -> dict[str, float] | None:
+    """The kNN monitor's first point at step 0 (the network at its random initialisation) and
+    its last point, from a run's metric rows; None without both."""
+    key = f"knn_top1_k{k}"
+    rows = [r for r in history if key in r]
+    init = next((r for r in rows if r["step"] == 0), None)
+    if init is None or rows[-1]["step"] == 0:
+        return None
+    last = rows[-1]
+    return {"init": init[key], "final": last[key], "gain": round(last[key] - init[key], 2),
+            "step": last["step"]}
 
 
 def _same_images(a, b) -> bool:
