@@ -146,6 +146,16 @@ def run_cell(args: argparse.Namespace, name: str, overrides: list[str], seed: in
         cache = {**(json.loads(rfile.read_text()) if rfile.is_file() else {}), key: value}
         rfile.write_text(json.dumps(cache))
     row["random_knn20"] = cache[key]
+    pkey = json.dumps(["pixels", cfg.data.path, cfg.data.val_path, cfg.augment.image_size, args.bank])
+    if pkey not in cache:  # raw pixels: the normalised evaluation crop, flattened
+        from byol.eval.features import PixelBackbone
+
+        pix = PixelBackbone(cfg.model.in_chans)
+        a, b = _features(pix, cfg, train, "cpu"), _features(pix, cfg, test, "cpu")
+        value = round(_knn20(a, train.labels, b, test.labels), 2)
+        cache = {**(json.loads(rfile.read_text()) if rfile.is_file() else {}), pkey: value}
+        rfile.write_text(json.dumps(cache))
+    row["pixels_knn20"] = cache[pkey]
     if args.linear:
         lin = linear_probe_features(ftr, train.labels, fte, test.labels, epochs=30, device="cpu")
         row["linear"] = round(lin["top1"], 2)
@@ -255,13 +265,13 @@ def write_table(args: argparse.Namespace) -> None:
              "threads of the cell's process; its train seconds are for that setting on a shared "
              "machine.", "",
              "| cell | overrides on the preset | seed | images | steps | train s | threads | kNN k=20 | "
-             "random init | gain | linear |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "random init | gain | raw pixels | linear |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lin = f"{r['linear']:.2f}" if "linear" in r else ""
         lines.append(f"| {r['cell']} | `{' '.join(r['overrides']) or '(preset)'}` | {r['seed']} | "
                      f"{r.get('images', '')} | {r['steps']} | {r['train_s']:.0f} | {r.get('threads', '')} | "
                      f"{r['knn20']:.2f} | {r['random_knn20']:.2f} | "
-                     f"{r['knn20'] - r['random_knn20']:+.2f} | {lin} |")
+                     f"{r['knn20'] - r['random_knn20']:+.2f} | {r.get('pixels_knn20', '')} | {lin} |")
     state = Path(args.out) / "recipe.json"
     if state.is_file():
         st = json.loads(state.read_text())
@@ -293,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="fmnist_quick")
-    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
+    ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist",
+                    help="data.path for every cell ('' keeps the config's)")
     ap.add_argument("--out", default="runs/study")
     ap.add_argument("--images", type=int, default=30000, help="training images per cell")
     ap.add_argument("--bank", type=int, default=10000, help="train images in the kNN bank (0: all)")
