@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from byol.checkpoint import FORMAT, atomic_save
-from byol.cli_eval import add_commands, main
+from byol.cli import main
+from byol.cli.eval import add_commands
 from byol.config import Config
 from byol.models import build_byol
 

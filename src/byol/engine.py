@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import distributed as du
-from .augment import BYOLAugment
+from .augment import BYOLAugment, match_channels
 from .checkpoint import (
     FORMAT,
     CheckpointError,
@@ -33,16 +33,13 @@ from .checkpoint import (
     load_state_reporting,
 )
 from .config import Config, config_from_dict, dump_yaml, parse_duration
+from .errors import TrainingError
 from .models.byol import build_byol, tau_schedule
 from .optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
-from .precision import autocast_dtype
+from .precision import autocast, autocast_dtype
 from .runtime import keep_freed_memory
 
 log = logging.getLogger("byol")
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (diverged loss, unusable resume state). The message says why."""
 
 
 #: train.nonfinite=skip gives up (TrainingError) after this many non-finite steps in a row.
@@ -758,9 +755,7 @@ class Trainer:
         return bool(ok)
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _loop(self) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
@@ -1048,12 +1043,10 @@ def _normalised_std(z: torch.Tensor | None) -> float:
 
 
 def _match_channels(images: torch.Tensor, in_chans: int, name: str) -> torch.Tensor:
+    out = match_channels(images, in_chans)
+    if out.shape[1] == in_chans:
+        return out.contiguous()
     c = images.shape[1]
-    if c == 1 and in_chans == 3:
-        return images.expand(-1, 3, -1, -1).contiguous()
-    if c == 3 and in_chans == 1:
-        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        return (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
     raise TrainingError(f"{name} has {c} channels but model.in_chans={in_chans}: set model.in_chans={c}")
 
 

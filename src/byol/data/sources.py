@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import DataError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SOURCES",
@@ -118,14 +120,6 @@ _PIL_RESAMPLE = {
 }
 # PIL modes whose pixels carry no colour: a folder made only of these is kept single-channel.
 _GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-
-
-class DataError(ValueError):
-    """Bad input data. The message names the file/folder, what is wrong and the fix.
-
-    A ``ValueError`` subclass so that callers treating bad configuration generically still catch
-    it, while the CLI can recognise it and print the message without a traceback.
-    """
 
 
 class BadImageWarning(UserWarning):

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import EvalError
 from .features import (
-    EvalError,
     autocast_context,
     extract_features,
     features_from_batch,
@@ -35,8 +35,8 @@ from .features import (
     resolve_device,
     source_labels,
     source_len,
-    train_transform,
 )
+from .transforms import train_transform
 
 log = logging.getLogger(__name__)
 
