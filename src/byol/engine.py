@@ -125,13 +125,10 @@ class FolderFeeder:
     def __init__(self, src, cfg: Config, augment: BYOLAugment, device: torch.device) -> None:
         from .data import FolderViewsDataset
 
-        v1, v2 = cfg.augment.view1, cfg.augment.view2
         base = FolderViewsDataset(
             src,
             cfg.augment.image_size,
-            crop_scale=(v1.crop_scale, v2.crop_scale),
-            crop_ratio=(v1.crop_ratio, v2.crop_ratio),
-            flip_p=(v1.flip_p, v2.flip_p),
+            views=(cfg.augment.view1, cfg.augment.view2),
             interpolation=cfg.augment.interpolation,
             strict=cfg.data.strict,
             in_chans=cfg.model.in_chans,
