@@ -263,7 +263,8 @@ class BYOLAugment:
     skips the crop for views a DataLoader already cropped (folder datasets).
     """
 
-    def __init__(self, cfg: AugmentConfig, in_chans: int) -> None:
+    def __init__(self, cfg: AugmentConfig | None = None, in_chans: int = 3) -> None:
+        cfg = cfg or AugmentConfig()
         self.cfg = cfg
         self.size = cfg.image_size
         self.kernel = blur_kernel_size(cfg.image_size, cfg.view1.blur_kernel_frac)

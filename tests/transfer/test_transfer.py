@@ -544,7 +544,7 @@ def test_benchmark_tiny(tmp_path):
 
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST not installed")
-    path = Path(__file__).parents[1] / "benchmarks" / "transfer_fmnist.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "transfer_fmnist.py"
     spec = importlib.util.spec_from_file_location("transfer_fmnist", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -137,7 +137,7 @@ def test_fmnist_suite_tiny_runs(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fmnist_suite.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "fmnist_suite.py"
     spec = importlib.util.spec_from_file_location("fmnist_suite", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
