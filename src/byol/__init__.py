@@ -9,8 +9,7 @@ The pieces of the algorithm, importable from the top::
 same loop written out with the other pieces.
 """
 
-__version__ = "0.1.0"  # before the imports: byol.weights.export reads it
-
+from ._version import __version__
 from .augment import BYOLAugment
 from .checkpoint import load_checkpoint
 from .engine import Trainer
@@ -19,6 +18,7 @@ from .models import BYOL, build_backbone, regression_loss, tau_schedule
 from .optim import LARS, warmup_cosine
 
 __all__ = [
+    "__version__",
     "BYOL",
     "LARS",
     "BYOLAugment",

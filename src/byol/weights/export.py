@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import FORMAT, atomic_save, atomic_write, load_state_reporting
 from ..errors import CheckpointError
 from ..models import build_byol
