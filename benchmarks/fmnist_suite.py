@@ -114,11 +114,22 @@ def _tiny_checkpoint(path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from byol.cli_eval import Evaluator, parse_costs, parse_data, summary_line
     from byol.data import open_source
-    from byol.eval.features import EvalModel, load_eval_model
+    from byol.eval.features import EvalModel
     from byol.eval.finetune import finetune
-    from byol.eval.report import render_markdown, write_json
+    from byol.eval.loading import load_eval_model
+    from byol.eval.report import render_markdown, summary_line, write_json
+    from byol.eval.settings import (
+        EvalSettings,
+        FinetuneSettings,
+        KnnSettings,
+        LinearSettings,
+        LowshotSettings,
+        MheadSettings,
+        SvmSettings,
+        parse_data,
+    )
+    from byol.eval.suite import Evaluator
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -144,7 +155,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         models.append(load_eval_model(ckpt, b, image_size=size, mean=byol_model.mean,
                                       std=byol_model.std, seed=args.seed))
     common = dict(device=args.device, precision=args.precision, batch_size=args.batch_size,
-                  num_workers=0, progress=not args.quiet, data_info=data_info, seed=args.seed)
+                  num_workers=0, progress=not args.quiet, n_jobs=args.n_jobs,
+                  data_info=data_info, seed=args.seed)
     cache = args.cache_dir or str(out / "cache")
     records: list[dict[str, Any]] = []
 
@@ -172,37 +184,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          settings={"epochs": args.supervised_epochs, "from": "random init"},
                          wall_s=res["wall_s"]))
 
-    ft_epochs: Any = args.finetune_epochs[0] if len(args.finetune_epochs) == 1 else \
-        args.finetune_epochs
+    settings = EvalSettings(
+        knn=KnnSettings(ks=tuple(args.knn_ks)),
+        linear=LinearSettings(epochs=args.linear_epochs),
+        mhead=MheadSettings(epochs=args.mhead_epochs, train_cap=args.mhead_train_cap),
+        svm=SvmSettings(layers=tuple(args.svm_layers), costs=args.svm_costs,
+                        train_cap=args.svm_train_cap),
+        lowshot=LowshotSettings(layer=args.svm_layers[0], ks=args.lowshot_ks,
+                                draws=args.lowshot_draws, costs=args.svm_costs,
+                                train_cap=args.svm_train_cap),
+        finetune=FinetuneSettings(fractions=tuple(args.finetune_fractions),
+                                  epochs=tuple(args.finetune_epochs),
+                                  batch_size=args.finetune_batch_size,
+                                  min_steps=args.finetune_min_steps),
+    )
     for m in models:
         ev = Evaluator(m, train, test, cache_dir=None if m.label == "supervised" else cache,
                        **common)
-        steps = {
-            "knn": lambda ev=ev: ev.knn(args.knn_ks),
-            "linear": lambda ev=ev: ev.linear(epochs=args.linear_epochs),
-            "mhead": lambda ev=ev: ev.mhead(("all",), epochs=args.mhead_epochs,
-                                            train_cap=args.mhead_train_cap),
-            "svm": lambda ev=ev: ev.svm(args.svm_layers, parse_costs(args.svm_costs),
-                                        n_jobs=args.n_jobs, train_cap=args.svm_train_cap),
-            "lowshot": lambda ev=ev: ev.lowshot(args.svm_layers[0], args.lowshot_ks,
-                                                args.lowshot_draws, parse_costs(args.svm_costs),
-                                                n_jobs=args.n_jobs,
-                                                train_cap=args.svm_train_cap),
-            "finetune": lambda ev=ev: ev.finetune([f / 100 for f in args.finetune_fractions],
-                                                  ft_epochs,
-                                                  batch_size=args.finetune_batch_size,
-                                                  min_steps=args.finetune_min_steps),
-        }
         todo = [p for p in PROTOCOLS if p not in args.skip]
         t0 = time.perf_counter()
-        ev.prefetch(todo, args.svm_layers)
+        ev.prefetch(todo, list(settings.svm.layers))
         wall[f"{m.label}/features"] = time.perf_counter() - t0
         for p in PROTOCOLS:
             if p in args.skip or (p == "finetune" and m.label == "supervised"):
                 continue
             if p in ("mhead", "finetune") and not ev.has_stages:
                 continue  # raw pixels: no stages, nothing to train
-            keep(steps[p]())
+            keep(ev.run(p, settings))
             wall[f"{m.label}/{p}"] = records[-1]["wall_s"]
     wall["total"] = time.perf_counter() - t_start
     text = render_markdown(records, title="BYOL evaluation suite: Fashion-MNIST")

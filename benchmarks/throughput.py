@@ -52,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers  # noqa: E402  (benchmarks/ is not a package)
 
-from byol.bench import BenchResult, add_arguments, run_bench  # noqa: E402
+from byol.bench import BenchResult, run_bench  # noqa: E402
+from byol.cli.bench import add_arguments  # noqa: E402
 
 PEERS = {"lightly": "lightly", "byol-pytorch": "byol_pytorch"}  # name -> module
 ALIASES = {"byol_pytorch": "byol-pytorch", "byol-pytorch": "byol-pytorch", "lightly": "lightly"}

@@ -207,19 +207,11 @@ def _tiny_checkpoint(path: Path) -> Path:
 
 
 def _run(argv: list[str]) -> tuple[int, float]:
-    """Run ``byol ARGV`` in this process: through the main CLI when it registers ``transfer``,
-    else through :mod:`byol.transfer.cli`."""
-    from byol.cli import build_parser
-    from byol.transfer.cli import main as transfer_main
+    """Run ``byol ARGV`` in this process through the main CLI."""
+    from byol.cli import main
 
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     t0 = time.perf_counter()
-    if "transfer" in sub.choices:
-        args = parser.parse_args(argv)
-        rc = int(args.func(args) or 0)
-    else:
-        rc = transfer_main(argv)
+    rc = main(argv)
     return rc, time.perf_counter() - t0
 
 

@@ -14,7 +14,6 @@ from byol.models import MLP, build_backbone
 from byol.optim import (
     LARS,
     build_optimizer,
-    lars_reference_step,
     scaled_lr,
     split_decay_groups,
     warmup_cosine,
@@ -23,6 +22,20 @@ from byol.optim import (
 # ------------------------------------------------------------------------------------------
 # LARS: two steps written out by hand
 # ------------------------------------------------------------------------------------------
+
+
+def lars_reference_step(params: list[torch.Tensor], grads: list[torch.Tensor],
+                        bufs: list[torch.Tensor], lr: float, momentum: float,
+                        weight_decay: float, eta: float, adapt: bool) -> None:
+    """The same LARS step, one parameter at a time, written as the formula reads ."""
+    for w, g, buf in zip(params, grads, bufs):
+        u = g + weight_decay * w
+        if adapt:
+            wn, un = torch.linalg.vector_norm(w), torch.linalg.vector_norm(u)
+            if wn > 0 and un > 0:
+                u = u * (eta * wn / un)
+        buf.mul_(momentum).add_(u)
+        w.sub_(lr * buf)
 
 
 def _linear_2to1() -> nn.Linear:

@@ -1,3 +1,32 @@
-"""byol: BYOL self-supervised pretraining and mmselfsup's evaluation suite."""
+"""byol: BYOL self-supervised pretraining and mmselfsup's evaluation suite.
 
-__version__ = "0.1.0"
+The pieces of the algorithm, importable from the top::
+
+    from byol import BYOL, build_backbone, BYOLAugment, LARS, tau_schedule, regression_loss
+    from byol import warmup_cosine, Trainer, load_checkpoint
+
+``Trainer`` (:mod:`byol.engine`) runs a whole configured pretraining; the README shows the
+same loop written out with the other pieces.
+"""
+
+from ._version import __version__
+from .augment import BYOLAugment
+from .checkpoint import load_checkpoint
+from .engine import Trainer
+from .errors import ByolError
+from .models import BYOL, build_backbone, regression_loss, tau_schedule
+from .optim import LARS, warmup_cosine
+
+__all__ = [
+    "__version__",
+    "BYOL",
+    "LARS",
+    "BYOLAugment",
+    "ByolError",
+    "Trainer",
+    "build_backbone",
+    "load_checkpoint",
+    "regression_loss",
+    "tau_schedule",
+    "warmup_cosine",
+]

@@ -25,7 +25,23 @@ import torch.nn.functional as F
 
 from .config import AugmentConfig, ViewConfig
 
-_LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights, the one luma in byol
+
+
+def match_channels(x: torch.Tensor, in_chans: int | None) -> torch.Tensor:
+    """Adapt 1<->3 channel images to what a backbone expects: gray is replicated to RGB, RGB is
+    turned to luminance for a 1-channel model (uint8 stays uint8, rounded). Other channel
+    counts are returned as they are, for the caller to reject in its own words."""
+    c = x.shape[1]
+    if in_chans is None or c == in_chans:
+        return x
+    if c == 1 and in_chans == 3:
+        return x.expand(-1, 3, -1, -1)
+    if c == 3 and in_chans == 1:
+        if x.is_floating_point():
+            return _gray(x)
+        return _gray(x.float()).round().clamp(0, 255).to(torch.uint8)
+    return x
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator | None, device) -> torch.Tensor:
@@ -113,7 +129,7 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 1:
         return x
     r, g, b = x.unbind(1)
-    return (_LUMA[0] * r + _LUMA[1] * g + _LUMA[2] * b).unsqueeze(1)
+    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(1)
 
 
 def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -247,7 +263,8 @@ class BYOLAugment:
     skips the crop for views a DataLoader already cropped (folder datasets).
     """
 
-    def __init__(self, cfg: AugmentConfig, in_chans: int) -> None:
+    def __init__(self, cfg: AugmentConfig | None = None, in_chans: int = 3) -> None:
+        cfg = cfg or AugmentConfig()
         self.cfg = cfg
         self.size = cfg.image_size
         self.kernel = blur_kernel_size(cfg.image_size, cfg.view1.blur_kernel_frac)

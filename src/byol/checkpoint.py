@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import Config, config_from_dict
+from .errors import CheckpointError
+from .models import build_backbone
+
 FORMAT = "byol/1"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, unreadable or does not fit the model. Names the file and fix."""
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -96,28 +96,40 @@ def load_state_reporting(
     return missing, unexpected
 
 
-def load_backbone(
-    path: str | os.PathLike, which: str = "online", map_location: str = "cpu"
-) -> tuple[nn.Module, Any]:
-    """The pretrained backbone of a byol checkpoint, and the run's :class:`byol.config.Config`.
+def is_byol_checkpoint(obj: Any) -> bool:
+    """Whether a loaded checkpoint has byol's layout, by its keys: ``format`` is
+    ``byol/1`` and it holds ``config`` and ``model``. Anything else is a foreign layout
+    (:mod:`byol.weights.foreign`)."""
+    return (isinstance(obj, dict) and obj.get("format") == FORMAT and "config" in obj
+            and isinstance(obj.get("model"), dict))
 
-    ``which``: ``online`` (the encoder BYOL keeps) or ``target`` (its EMA).
-    """
-    from .config import config_from_dict
-    from .models import build_backbone
 
-    ckpt = load_checkpoint(path, map_location)
-    if ckpt.get("format") != FORMAT or "config" not in ckpt or "model" not in ckpt:
-        raise CheckpointError(
-            f"'{path}' is not a byol checkpoint (no format '{FORMAT}'); "
-            "convert mmselfsup/torchvision weights with `byol import` first"
-        )
+def backbone_from_checkpoint(
+    ckpt: dict, source: str, which: str = "online"
+) -> tuple[nn.Module, Config]:
+    """The ``which`` (online / target) backbone of a loaded byol checkpoint, and its config."""
     if which not in ("online", "target"):
         raise CheckpointError(f"which={which!r}: choose 'online' or 'target'")
-    cfg = config_from_dict(ckpt["config"], where=str(path))
+    cfg = config_from_dict(ckpt["config"], where=source)
     m = cfg.model
     backbone = build_backbone(m.arch, m.in_chans, m.small_stem, m.width)
     prefix = f"{which}.backbone."
     state = {k[len(prefix) :]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
-    load_state_reporting(backbone, state, str(path))
+    load_state_reporting(backbone, state, source)
     return backbone, cfg
+
+
+def load_backbone(
+    path: str | os.PathLike, which: str = "online", map_location: str = "cpu"
+) -> tuple[nn.Module, Config]:
+    """The pretrained backbone of a byol checkpoint, and the run's :class:`byol.config.Config`.
+
+    ``which``: ``online`` (the encoder BYOL keeps) or ``target`` (its EMA).
+    """
+    ckpt = load_checkpoint(path, map_location)
+    if not is_byol_checkpoint(ckpt):
+        raise CheckpointError(
+            f"'{path}' is not a byol checkpoint (no format '{FORMAT}'); "
+            "convert mmselfsup/torchvision weights with `byol import` first"
+        )
+    return backbone_from_checkpoint(ckpt, str(path), which)

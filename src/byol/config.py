@@ -17,9 +17,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A setting is unknown, ill-typed or impossible. The message names the key and the fix."""
+from .errors import ConfigError
 
 
 @dataclass

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import distributed as du
-from .augment import BYOLAugment
+from .augment import BYOLAugment, match_channels
 from .checkpoint import (
     FORMAT,
     CheckpointError,
@@ -33,16 +33,13 @@ from .checkpoint import (
     load_state_reporting,
 )
 from .config import Config, config_from_dict, dump_yaml, parse_duration
+from .errors import TrainingError
 from .models.byol import build_byol, tau_schedule
 from .optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
-from .precision import autocast_dtype
+from .precision import autocast, autocast_dtype
 from .runtime import keep_freed_memory
 
 log = logging.getLogger("byol")
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (diverged loss, unusable resume state). The message says why."""
 
 
 #: train.nonfinite=skip gives up (TrainingError) after this many non-finite steps in a row.
@@ -128,13 +125,10 @@ class FolderFeeder:
     def __init__(self, src, cfg: Config, augment: BYOLAugment, device: torch.device) -> None:
         from .data import FolderViewsDataset
 
-        v1, v2 = cfg.augment.view1, cfg.augment.view2
         base = FolderViewsDataset(
             src,
             cfg.augment.image_size,
-            crop_scale=(v1.crop_scale, v2.crop_scale),
-            crop_ratio=(v1.crop_ratio, v2.crop_ratio),
-            flip_p=(v1.flip_p, v2.flip_p),
+            views=(cfg.augment.view1, cfg.augment.view2),
             interpolation=cfg.augment.interpolation,
             strict=cfg.data.strict,
             in_chans=cfg.model.in_chans,
@@ -758,9 +752,7 @@ class Trainer:
         return bool(ok)
 
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _loop(self) -> dict[str, Any]:
         cfg, t = self.cfg, self.cfg.train
@@ -1048,12 +1040,10 @@ def _normalised_std(z: torch.Tensor | None) -> float:
 
 
 def _match_channels(images: torch.Tensor, in_chans: int, name: str) -> torch.Tensor:
+    out = match_channels(images, in_chans)
+    if out.shape[1] == in_chans:
+        return out.contiguous()
     c = images.shape[1]
-    if c == 1 and in_chans == 3:
-        return images.expand(-1, 3, -1, -1).contiguous()
-    if c == 3 and in_chans == 1:
-        w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        return (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
     raise TrainingError(f"{name} has {c} channels but model.in_chans={in_chans}: set model.in_chans={c}")
 
 

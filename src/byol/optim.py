@@ -97,20 +97,6 @@ class LARS(Optimizer):
         return loss
 
 
-def lars_reference_step(params: list[torch.Tensor], grads: list[torch.Tensor],
-                        bufs: list[torch.Tensor], lr: float, momentum: float,
-                        weight_decay: float, eta: float, adapt: bool) -> None:
-    """The same LARS step, one parameter at a time, written as the formula reads (for tests)."""
-    for w, g, buf in zip(params, grads, bufs):
-        u = g + weight_decay * w
-        if adapt:
-            wn, un = torch.linalg.vector_norm(w), torch.linalg.vector_norm(u)
-            if wn > 0 and un > 0:
-                u = u * (eta * wn / un)
-        buf.mul_(momentum).add_(u)
-        w.sub_(lr * buf)
-
-
 def build_optimizer(modules: Iterable[nn.Module], optim_cfg, lr: float,
                     predictor: nn.Module | None = None) -> Optimizer:
     """The optimiser of a :class:`byol.config.OptimConfig`, at the (already scaled) peak lr.

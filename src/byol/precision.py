@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -33,3 +34,19 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and cpu_has_fast_bf16():
         return torch.bfloat16
     return None
+
+
+def autocast(device: torch.device, precision: str | torch.dtype | None):
+    """The autocast context on ``device`` for ``precision``: a dtype already chosen (the
+    trainer's; None is fp32) is applied as given; a name (auto | bf16 | fp16 | fp32, the
+    evaluation flags) goes through :func:`autocast_dtype`, and fp16 then applies on CUDA only."""
+    if not isinstance(precision, str):
+        if precision is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=precision)
+    dtype = autocast_dtype(precision, device)
+    if dtype is None or device.type not in ("cpu", "cuda"):
+        return contextlib.nullcontext()
+    if dtype == torch.float16 and device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

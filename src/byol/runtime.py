@@ -1,4 +1,5 @@
-"""Process-level settings that make CPU training faster.
+"""Process-level settings: the device to run on, and the allocator tuning that makes CPU
+training faster.
 
 glibc hands every allocation above its mmap threshold (at most 32 MiB by default) to a fresh
 ``mmap`` and gives it back on ``free``. A BYOL step on a CPU allocates and frees activations of
@@ -50,3 +51,21 @@ def keep_freed_memory() -> bool:
     )
     log.debug("malloc tuning %s", "on" if ok else "refused")
     return ok
+
+
+def resolve_device(name: str | None, local_rank: int | None = None, setting: str = "--device"):
+    """``auto`` (CUDA when visible, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a torch
+    device; a bare ``cuda`` becomes this process's GPU when ``local_rank`` is given (torchrun).
+    Raises ``RuntimeError`` naming ``setting`` when CUDA is asked for but not visible."""
+    import torch
+
+    if name is None or str(name) == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"{setting}={name} but no CUDA device is visible; "
+                               f"use {setting}=cpu")
+        if dev.index is None and local_rank is not None:
+            return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return dev

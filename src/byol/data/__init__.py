@@ -1,25 +1,22 @@
 """Data loading for BYOL: readers that turn datasets on disk into tensors or lazy file lists.
 
-Re-exports the public names of :mod:`byol.data.sources` so callers can write
-``from byol.data import open_source``.
+:mod:`.base` (the two source types), :mod:`.folders`, :mod:`.formats`, :mod:`.synthetic` and
+:mod:`.sources` (``open_source``, which reader for which source); the public names are
+re-exported here so callers can write ``from byol.data import open_source``.
 """
 
-from byol.data.sources import (
+from ..errors import DataError
+from .base import SOURCES, ArraySource, BadImageWarning, FileSource
+from .folders import (
     IMAGE_EXTENSIONS,
-    SOURCES,
-    ArraySource,
-    BadImageWarning,
-    DataError,
-    FileSource,
     FolderEvalDataset,
     FolderViewsDataset,
     decode_image,
-    images_from_numpy,
     list_image_files,
-    make_synthetic,
-    open_source,
-    read_idx,
 )
+from .formats import images_from_numpy, read_idx
+from .sources import open_source
+from .synthetic import make_synthetic
 
 __all__ = [
     "IMAGE_EXTENSIONS",

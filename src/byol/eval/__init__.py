@@ -13,10 +13,13 @@ from typing import Any
 _EXPORTS = {
     "EvalError": "features",
     "EvalModel": "features",
-    "eval_transform": "features",
+    "eval_transform": "transforms",
     "extract_features": "features",
     "cached_features": "features",
-    "load_eval_model": "features",
+    "load_eval_model": "loading",
+    "Evaluator": "suite",
+    "build_evaluators": "suite",
+    "EvalSettings": "settings",
     "mhead_pool": "features",
     "knn_classify": "knn",
     "linear_probe_features": "linear",
@@ -39,6 +42,7 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
 
 
 def __getattr__(name: str) -> Any:

@@ -31,7 +31,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .. import runtime
+from ..checkpoint import atomic_save
+from ..errors import EvalError
+from ..precision import autocast
+from .transforms import eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -57,19 +62,6 @@ MHEAD_GRID = {"feature1": 12, "feature2": 6, "feature3": 4, "feature4": 3, "feat
 RESNET50_MHEAD_DIMS = {"feature1": 9216, "feature2": 9216, "feature3": 8192, "feature4": 9216,
                        "feature5": 8192}
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_LUMA = (0.299, 0.587, 0.114)
-
-
-class EvalError(ValueError):
-    """Bad evaluation input (flag, file, shape). The message names the culprit and the fix."""
-
-
-# ---------------------------------------------------------------------------------------------
-# transforms
-
 
 def mhead_pool(x: torch.Tensor, name: str, pool: str = "auto") -> torch.Tensor:
     """Pool one stage map [B, C, H, W] with the multi-head rule (module docstring); returns the
@@ -85,88 +77,6 @@ def mhead_pool(x: torch.Tensor, name: str, pool: str = "auto") -> torch.Tensor:
     g = MHEAD_GRID[name]
     return F.adaptive_avg_pool2d(x, (min(g, h), min(g, w)))
 
-
-def match_channels(x: torch.Tensor, in_chans: int | None) -> torch.Tensor:
-    """Adapt 1<->3 channel images to what the backbone expects: gray is replicated to RGB (a
-    torchvision baseline on Fashion-MNIST), RGB is turned to luminance for a 1-channel model."""
-    c = x.shape[1]
-    if in_chans is None or c == in_chans:
-        return x
-    if c == 1 and in_chans == 3:
-        return x.expand(-1, 3, -1, -1)
-    if c == 3 and in_chans == 1:
-        w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x * w).sum(1, keepdim=True)
-    raise EvalError(f"images have {c} channels but the backbone expects {in_chans}")
-
-
-def _norm_consts(mean: Sequence[float], std: Sequence[float], c: int, device, dtype):
-    m = torch.as_tensor(tuple(mean), dtype=dtype, device=device)
-    s = torch.as_tensor(tuple(std), dtype=dtype, device=device)
-    if m.numel() not in (1, c) or s.numel() not in (1, c):
-        raise EvalError(f"mean/std have {m.numel()}/{s.numel()} values for {c}-channel images; "
-                        f"give 1 or {c} values (--mean/--std)")
-    return m.view(1, -1, 1, 1), s.view(1, -1, 1, 1)
-
-
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(x - mean) / std per channel; a single mean/std value is broadcast over channels."""
-    m, s = _norm_consts(mean, std, x.shape[1], x.device, x.dtype)
-    return (x - m) / s
-
-
-def eval_transform(
-    images_uint8: torch.Tensor,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    resize_ratio: float = 256 / 224,
-    in_chans: int | None = None,
-) -> torch.Tensor:
-    """The evaluation crop, batched: resize the short side to round(image_size * resize_ratio)
-    (bilinear, antialiased like torchvision's tensor Resize), center crop image_size, scale to
-    [0, 1], normalise. ``resize_ratio=1`` with square input of the right size is the identity
-    geometry (VOC07's squashed 224x224 images)."""
-    if images_uint8.dim() != 4:
-        raise EvalError(f"images must be [B, C, H, W], got shape {tuple(images_uint8.shape)}")
-    x = images_uint8.float() / 255.0 if not images_uint8.is_floating_point() else images_uint8
-    x = match_channels(x, in_chans)
-    h, w = x.shape[-2:]
-    short = round(image_size * resize_ratio)
-    if min(h, w) != short:
-        if h <= w:
-            nh, nw = short, max(short, round(w * short / h))
-        else:
-            nh, nw = max(short, round(h * short / w)), short
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False,
-                          antialias=(nh < h or nw < w))
-        h, w = nh, nw
-    if h < image_size or w < image_size:
-        raise EvalError(f"resize_ratio={resize_ratio} gives {h}x{w}, smaller than the "
-                        f"{image_size}-px crop; use resize_ratio >= 1")
-    top, left = (h - image_size) // 2, (w - image_size) // 2
-    x = x[..., top : top + image_size, left : left + image_size]
-    return normalize(x, mean, std)
-
-
-def train_transform(
-    images_uint8: torch.Tensor,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    generator: torch.Generator | None = None,
-    in_chans: int | None = None,
-    scale: tuple[float, float] = (0.08, 1.0),
-) -> torch.Tensor:
-    """mmselfsup's linear / fine-tune training augmentation: RandomResizedCrop + horizontal flip
-    (per sample, batched on the tensor's device), then normalise."""
-    from ..augment import random_resized_crop_flip  # lazy: augment.py is the lead's module
-
-    x = images_uint8.float() / 255.0
-    x = match_channels(x, in_chans).contiguous()
-    x = random_resized_crop_flip(x, image_size, scale=scale, generator=generator,
-                                 interpolation="bilinear")
-    return normalize(x.clamp_(0.0, 1.0), mean, std)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,27 +154,20 @@ def iter_image_batches(
         yield x, torch.as_tensor(y, dtype=torch.int64), len(y)
 
 
+
 def autocast_context(device: torch.device, precision: str):
-    """Autocast per :func:`byol.precision.autocast_dtype`; fp16 only on CUDA."""
+    """Autocast per :func:`byol.precision.autocast` for a ``--precision`` name."""
     if precision not in ("auto", "bf16", "fp16", "fp32"):
         raise EvalError(f"precision={precision!r}: choose auto, bf16, fp16 or fp32")
-    from ..precision import autocast_dtype
-
-    dtype = autocast_dtype(precision, device)
-    if dtype is None or device.type not in ("cpu", "cuda"):
-        return nullcontext()
-    if dtype == torch.float16 and device.type != "cuda":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return autocast(device, precision)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EvalError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return dev
+    """:func:`byol.runtime.resolve_device` for the ``--device`` flag."""
+    try:
+        return runtime.resolve_device(None if device is None else str(device))
+    except RuntimeError as e:
+        raise EvalError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,126 +366,6 @@ def checkpoint_key(path: str | os.PathLike, which: str = "online") -> str:
     return f"ckpt:{p}:{st.st_mtime_ns}:{st.st_size}:{which}"
 
 
-def _default_norm(in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if in_chans == 3:
-        return IMAGENET_MEAN, IMAGENET_STD
-    return (0.5,) * in_chans, (0.25,) * in_chans
-
-
-def load_eval_model(
-    checkpoint: str | None = None,
-    baseline: str | None = None,
-    *,
-    which: str = "online",
-    arch: str | None = None,
-    in_chans: int | None = None,
-    small_stem: bool | None = None,
-    width: int | None = None,
-    seed: int = 0,
-    image_size: int | None = None,
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-    trust: bool = False,
-) -> EvalModel:
-    """The backbone to evaluate.
-
-    * ``checkpoint`` alone: a byol checkpoint (or an mmselfsup / torchvision one, converted in
-      memory), with its image size and normalisation.
-    * ``baseline="random"``: a randomly initialised backbone (``seed``) of the checkpoint's
-      architecture when a checkpoint is given too, else of ``arch``/``in_chans``/...
-    * ``baseline="pixels"``: the flattened, normalised evaluation crop.
-    * ``baseline="torchvision"``: torchvision's ImageNet-supervised weights from the local
-      torch hub cache (nothing is downloaded).
-    Explicit ``image_size``/``mean``/``std``/``arch`` arguments override the checkpoint's.
-    """
-    from ..models import build_backbone
-
-    cfg = None
-    info: dict[str, Any] = {}
-    if checkpoint:
-        from ..checkpoint import CheckpointError, load_backbone
-
-        try:
-            bb, cfg = load_backbone(checkpoint, which=which)
-        except CheckpointError as e:
-            if "not a byol checkpoint" not in str(e):
-                raise
-            from ..export import backbone_from_any
-
-            bb, cfg, info = backbone_from_any(checkpoint, trust=trust)
-        m, a = cfg.model, cfg.augment
-        arch_, in_, small_, width_ = m.arch, m.in_chans, m.small_stem, m.width
-        size_, mean_, std_ = a.image_size, tuple(a.mean), tuple(a.std)
-        label, key = "byol", checkpoint_key(checkpoint, which)
-    else:
-        bb = None
-        arch_, in_, small_, width_ = "resnet50", 3, False, 64
-        size_, mean_, std_ = 224, None, None
-        label, key = "", ""
-    arch_ = arch or arch_
-    in_ = in_chans or in_
-    small_ = small_stem if small_stem is not None else small_
-    width_ = width or width_
-    if baseline in (None, ""):
-        if bb is None:
-            raise EvalError("give --checkpoint PATH or --baseline random|pixels|torchvision")
-        if arch and arch != cfg.model.arch:
-            raise EvalError(f"--arch {arch} differs from the checkpoint's {cfg.model.arch}; "
-                            "drop --arch (it only applies to --baseline)")
-    elif baseline == "random":
-        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
-            torch.manual_seed(seed)
-            bb = build_backbone(arch_, in_, small_, width_)
-        label = "random-init"
-        key = f"random-init:{arch_}:c{in_}:s{int(small_)}:w{width_}:seed{seed}"
-    elif baseline == "pixels":
-        bb = PixelBackbone(in_chans=in_ if checkpoint else in_chans)
-        label, key, arch_ = "pixels", "pixels", "pixels"
-    elif baseline == "torchvision":
-        bb = _torchvision_supervised(arch_)
-        label, key, in_ = "torchvision-supervised", f"torchvision:{arch_}", 3
-    else:
-        raise EvalError(f"--baseline {baseline!r}: choose random, pixels or torchvision")
-    size = image_size or size_
-    if mean is None or std is None:
-        dm, ds = _default_norm(in_ if in_ else 3)
-        mean_ = mean_ or dm
-        std_ = std_ or ds
-    return EvalModel(
-        backbone=bb,
-        label=label,
-        key=key,
-        arch=arch_,
-        image_size=int(size),
-        mean=tuple(mean if mean is not None else mean_),
-        std=tuple(std if std is not None else std_),
-        checkpoint=str(checkpoint) if checkpoint and not baseline else None,
-        config=cfg,
-        info=info,
-    )
-
-
-def _torchvision_supervised(arch: str) -> nn.Module:
-    """torchvision's supervised ImageNet weights, only from the local hub cache (no download)."""
-    import torchvision
-
-    from ..checkpoint import load_state_reporting
-    from ..models import build_backbone
-
-    try:
-        weights = torchvision.models.get_model_weights(arch).DEFAULT
-    except Exception as e:  # noqa: BLE001
-        raise EvalError(f"--baseline torchvision: torchvision has no weights for {arch}") from e
-    hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
-    if not hub.is_file():
-        raise EvalError(f"--baseline torchvision: {hub} is missing and nothing is downloaded; "
-                        f"copy torchvision's {arch} weights there")
-    sd = torch.load(hub, map_location="cpu", weights_only=True)
-    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-    bb = build_backbone(arch)
-    load_state_reporting(bb, sd, str(hub))
-    return bb
-
 
 def feature_cache_key(
     model_key: str,
@@ -626,13 +409,11 @@ def cached_features(
 ) -> dict[str, torch.Tensor]:
     """:func:`extract_features`, memoised on disk under ``cache_dir``.
 
-    ``ckpt_or_key``: an :class:`EvalModel`, a checkpoint path (identified by path + mtime +
-    size) or a baseline name such as ``"random-init:resnet18:seed0"`` (then pass ``backbone``).
+    ``ckpt_or_key``: an :class:`EvalModel`, or with ``backbone`` a checkpoint path (identified
+    by path + mtime + size) or a baseline name such as ``"random-init:resnet18:seed0"``.
     Files are written atomically and read with ``weights_only=True``. Without ``cache_dir``
     this is a plain :func:`extract_features`.
     """
-    from ..checkpoint import atomic_save
-
     if isinstance(ckpt_or_key, EvalModel):
         em = ckpt_or_key
         backbone = backbone or em.backbone
@@ -643,13 +424,8 @@ def cached_features(
     else:
         key = str(ckpt_or_key)
         if backbone is None:
-            if not Path(key).is_file():
-                raise EvalError(f"'{key}' is neither a checkpoint file nor given with a backbone")
-            em = load_eval_model(key)
-            backbone = em.backbone
-            image_size = image_size or em.image_size
-            mean = mean if mean is not None else em.mean
-            std = std if std is not None else em.std
+            raise EvalError(f"'{key}': give the backbone too, or an EvalModel "
+                            "(byol.eval.loading.load_eval_model)")
         if Path(key).is_file():
             key = checkpoint_key(key)
     if image_size is None or mean is None or std is None:

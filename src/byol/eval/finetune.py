@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import EvalError
 from .features import (
-    EvalError,
     autocast_context,
     extract_features,
     resolve_device,

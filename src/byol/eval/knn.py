@@ -15,7 +15,8 @@ from collections.abc import Sequence
 
 import torch
 
-from .features import EvalError, l2_normalize
+from ..errors import EvalError
+from .features import l2_normalize
 
 
 def _check(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import EvalError
+from ..optim import LARS
 from .features import (
-    EvalError,
     autocast_context,
     extract_features,
     features_from_batch,
@@ -35,8 +36,8 @@ from .features import (
     resolve_device,
     source_labels,
     source_len,
-    train_transform,
 )
+from .transforms import train_transform
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +245,6 @@ def _generators(seed: int, device: torch.device) -> tuple[torch.Generator, torch
 def _make_optimizer(params, name: str, lr: float, momentum: float, weight_decay: float
                     ) -> torch.optim.Optimizer:
     if name == "lars":
-        try:
-            from ..optim import LARS
-        except ImportError:  # pragma: no cover - optim.py is the lead's module
-            raise EvalError("optimizer 'lars' needs byol.optim.LARS") from None
         return LARS(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True,

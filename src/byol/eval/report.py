@@ -103,7 +103,7 @@ def _finite(x: Any) -> Any:
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
     """Atomic JSON write (a crash never leaves a truncated results file for ``byol report``)."""
-    from ..export import atomic_write
+    from ..checkpoint import atomic_write
 
     path = Path(path)
     text = json.dumps(_finite(obj), indent=2) + "\n"
@@ -305,7 +305,33 @@ def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = 
                          f"'{run}': run `byol eval all --checkpoint ... --out-dir {run / 'eval'}`")
     text = render_markdown(records, title=f"BYOL evaluation: {run.name}", reference=reference,
                            images=images)
-    from ..export import atomic_write
+    from ..checkpoint import atomic_write
 
     atomic_write(out_path, lambda tmp: Path(tmp).write_text(text))
     return out_path, text
+
+
+def summary_line(rec: dict[str, Any]) -> str:
+    """One human-readable line per record."""
+    r, p = rec["results"], rec["protocol"]
+
+    def f(v: Any) -> str:
+        return f"{v:.2f}" if isinstance(v, (int, float)) else "–"
+
+    if p == "knn":
+        body = "  ".join(f"{k} {f(v.get('top1'))}" for k, v in r.items() if isinstance(v, dict))
+    elif p in ("linear", "linear_aug"):
+        body = f"top-1 {f(r.get('top1'))}  top-5 {f(r.get('top5'))}  lr {r.get('lr')}"
+    elif p == "mhead":
+        body = "  ".join(f"{k} {f(v.get('top1'))}" for k, v in r.items())
+    elif p == "svm":
+        body = "  ".join(f"{k} {f(v.get('map'))}" for k, v in r["layers"].items())
+        body += f"  (best {r['best_layer']})"
+    elif p == "lowshot":
+        body = "  ".join(f"{k} {f(v.get('map'))}" for k, v in r.items()
+                         if k.startswith("k=")) + f"  [{r.get('layer')}]"
+    elif p == "finetune":
+        body = "  ".join(f"{k} {f(v.get('top1'))}" for k, v in r.items())
+    else:
+        body = str(r)
+    return f"{rec['model']:>14s} {p:<10s} {body}   ({rec.get('wall_s') or 0:.1f} s)"

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .features import EvalError
+from ..errors import EvalError
 
 log = logging.getLogger(__name__)
 

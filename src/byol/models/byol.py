@@ -128,13 +128,6 @@ class BYOL(nn.Module):
         torch._foreach_lerp_(target, online, 1.0 - tau)
 
 
-def update_target_reference(model: BYOL, tau: float) -> None:
-    """Per-parameter form of :meth:`BYOL.update_target`, kept to test the fused one against."""
-    with torch.no_grad():
-        for t, o in zip(model.target.parameters(), model.online.parameters()):
-            t.mul_(tau).add_(o.detach(), alpha=1 - tau)
-
-
 def build_byol(model_cfg, fuse_views: bool = True, init_target_from_online: bool = True) -> BYOL:
     """BYOL from a :class:`byol.config.ModelConfig`."""
     backbone = build_backbone(

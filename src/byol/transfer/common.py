@@ -112,7 +112,7 @@ def load_transfer_backbone(checkpoint: str | None, baseline: str | None, *, whic
     """:class:`byol.eval.features.EvalModel` for a byol checkpoint (foreign ResNet weights also
     load) or a baseline: ``random`` (the checkpoint's architecture when one is given, seeded) or
     ``torchvision`` (supervised ImageNet weights from the local cache)."""
-    from ..eval.features import load_eval_model
+    from ..eval.loading import load_eval_model
 
     if not checkpoint and not baseline:
         raise TransferError("give --checkpoint PATH (a byol checkpoint) or --baseline random")

@@ -41,6 +41,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from ..errors import TransferError
+
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -56,10 +58,6 @@ COCO_LAYOUT = ("a COCO json file (images, annotations, categories), or a folder 
                "annotations/instances_<split>.json and the images in <split>/")
 SEG_LAYOUT = ("ROOT/JPEGImages/<id>.jpg, ROOT/SegmentationClass/<id>.png (palette or grayscale "
               "class indices, 255 = ignore) and ROOT/ImageSets/Segmentation/<split>.txt")
-
-
-class TransferError(ValueError):
-    """Bad transfer-benchmark input (data layout, flag, checkpoint). Names the culprit and fix."""
 
 
 # ---------------------------------------------------------------------------------------------

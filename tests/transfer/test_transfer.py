@@ -135,7 +135,7 @@ def data(tmp_path_factory):
 
 
 def _tiny_spec(in_chans: int = 3, seed: int = 0):
-    from byol.eval.features import load_eval_model
+    from byol.eval.loading import load_eval_model
 
     return load_eval_model(None, "random", arch="resnet18", width=8, small_stem=True,
                            in_chans=in_chans, seed=seed)
@@ -508,7 +508,7 @@ def test_presets_match_the_protocols(tmp_path):
 
 
 def test_cli_detection_and_segmentation_with_random_baseline(tmp_path, data, capsys):
-    from byol.transfer.cli import main
+    from byol.cli import main
 
     ckpt = str(_tiny_checkpoint(tmp_path / "ck.pt"))
     out = tmp_path / "det.json"
@@ -544,7 +544,7 @@ def test_benchmark_tiny(tmp_path):
 
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST not installed")
-    path = Path(__file__).parents[1] / "benchmarks" / "transfer_fmnist.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "transfer_fmnist.py"
     spec = importlib.util.spec_from_file_location("transfer_fmnist", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -562,7 +562,7 @@ def test_benchmark_tiny(tmp_path):
 
 
 def test_cli_choices_match_the_modules():
-    from byol.transfer import cli
+    from byol.cli import transfer as cli
     from byol.transfer.detection import DETECTION_MODELS, DETECTION_PRESETS, EVALS
     from byol.transfer.segmentation import SEGMENTATION_PRESETS
 

@@ -31,7 +31,7 @@ DRIVER = textwrap.dedent("""
     import json, os, sys, traceback
     cases, out_dir = json.load(open(sys.argv[1])), sys.argv[2]
     import torch  # noqa: F401  imported once; every child inherits it
-    from byol import cli, cli_eval, engine  # noqa: F401
+    from byol import cli, engine  # noqa: F401
     from byol.data import sources  # noqa: F401
     codes = {}
     for name, argv in cases.items():

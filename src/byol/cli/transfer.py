@@ -1,4 +1,5 @@
-"""``byol transfer detection|segmentation|presets``.
+"""``byol transfer detection|segmentation|presets``: parse the arguments and run
+:mod:`byol.transfer`.
 
 :func:`add_commands` registers ``transfer`` on the main parser's subparsers. Results are byol
 evaluation records (protocols ``detection`` / ``segmentation``), printed one line per model and
@@ -10,19 +11,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-EXIT_BAD_INPUT = 2
+from .common import RAW, command, help_command, model_args, write_records
+
 # the choices, here so that registering the commands imports no torchvision detection code
 # (tests check them against byol.transfer.detection / segmentation)
 DETECTION_MODELS = ("faster_rcnn_c4", "faster_rcnn_fpn", "mask_rcnn_fpn")
 DETECTION_PRESET_NAMES = ("voc0712_24k", "coco_1x", "cpu_small")
 SEGMENTATION_PRESET_NAMES = ("voc12aug_20k", "cpu_small")
 EVALS = ("voc", "coco", "both")
-_RAW = argparse.RawDescriptionHelpFormatter
 log = logging.getLogger("byol.transfer")
 
 DET_EPILOG = """examples:
@@ -52,25 +52,10 @@ SEG_EPILOG = """examples:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model (a checkpoint, or a baseline)")
-    g.add_argument("--checkpoint", "-c", metavar="PATH",
-                   help="byol checkpoint (mmselfsup/torchvision ResNet weights also load)")
-    g.add_argument("--which", choices=("online", "target"), default="online",
-                   help="fine-tune the online encoder (default) or its EMA target")
-    g.add_argument("--baseline", choices=("random", "torchvision"),
-                   help="fine-tune a random-init backbone (the checkpoint's architecture when "
-                   "--checkpoint is given too) or torchvision's supervised weights (local cache)")
+    g = model_args(p, verb="fine-tune", baselines=("random", "torchvision"), in_chans_default="3",
+                   label_default="byol / random-init")
     g.add_argument("--baselines", nargs="*", choices=("random",), default=[],
                    help="also fine-tune these baselines the same way (e.g. --baselines random)")
-    g.add_argument("--arch", help="baseline architecture without a checkpoint (default resnet50)")
-    g.add_argument("--in-chans", type=int, help="baseline input channels (default 3)")
-    g.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
-                   help="baseline uses the 3x3 stride-1 stem without max-pool")
-    g.add_argument("--width", type=int, help="baseline first-stage width (default 64)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random init and training")
-    g.add_argument("--label", help="row name in reports (default byol / random-init)")
-    g.add_argument("--trust", action="store_true",
-                   help="allow full unpickling of a foreign checkpoint you trust")
 
 
 def _schedule_args(p: argparse.ArgumentParser, presets: tuple[str, ...]) -> argparse._ArgumentGroup:
@@ -110,7 +95,7 @@ def add_commands(subparsers: Any) -> None:
     """Register ``transfer detection``, ``transfer segmentation`` and ``transfer presets``."""
     tr = subparsers.add_parser(
         "transfer", help="fine-tune on detection (Faster/Mask R-CNN) or segmentation (FCN)",
-        formatter_class=_RAW,
+        formatter_class=RAW,
         epilog="examples:\n  byol transfer detection --checkpoint CKPT --preset voc0712_24k "
         "--data VOC2007 VOC2012 --test-data VOC2007\n  byol transfer segmentation --checkpoint "
         "CKPT --preset voc12aug_20k --data VOC2012\n  byol transfer presets\n")
@@ -118,7 +103,7 @@ def add_commands(subparsers: Any) -> None:
 
     p = sub.add_parser("detection", help="Faster R-CNN C4/FPN or Mask R-CNN FPN; COCO mAP, VOC AP",
                        description="Fine-tune a detector with the BYOL backbone and evaluate it.",
-                       epilog=DET_EPILOG, formatter_class=_RAW)
+                       epilog=DET_EPILOG, formatter_class=RAW)
     _model_args(p)
     g = p.add_argument_group("data")
     g.add_argument("--data", nargs="+", metavar="PATH", required=True,
@@ -142,11 +127,11 @@ def add_commands(subparsers: Any) -> None:
     g.add_argument("--eval", choices=EVALS, help="COCO mAP, VOC AP (11-point) or both")
     g.add_argument("--fpn-channels", type=int, help="FPN width (256 in the paper setting)")
     _run_args(p)
-    p.set_defaults(func=_wrap("transfer detection", cmd_detection))
+    command(p, cmd_detection, "byol transfer detection")
 
     p = sub.add_parser("segmentation", help="FCN on a dilated ResNet (OS 8); mIoU",
                        description="Fine-tune an FCN with the BYOL backbone and evaluate mIoU.",
-                       epilog=SEG_EPILOG, formatter_class=_RAW)
+                       epilog=SEG_EPILOG, formatter_class=RAW)
     _model_args(p)
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="ROOT", required=True,
@@ -167,34 +152,22 @@ def add_commands(subparsers: Any) -> None:
     g.add_argument("--base-size", type=int, help="training short side before the random ratio")
     g.add_argument("--output-stride", type=int, choices=(8, 16, 32), help="dilated ResNet stride")
     _run_args(p)
-    p.set_defaults(func=_wrap("transfer segmentation", cmd_segmentation))
+    command(p, cmd_segmentation, "byol transfer segmentation")
 
     p = sub.add_parser("presets", help="print the protocol presets as YAML",
                        epilog="example:\n  byol transfer presets > my_protocol.yaml",
-                       formatter_class=_RAW)
-    p.set_defaults(func=_wrap("transfer presets", cmd_presets))
+                       formatter_class=RAW)
+    command(p, cmd_presets, "byol transfer presets")
 
-    def transfer_help(args: argparse.Namespace) -> int:  # noqa: ARG001
-        tr.print_help()
-        return EXIT_BAD_INPUT
-
-    tr.set_defaults(func=transfer_help)
+    command(tr, help_command(tr))
 
 
 # ---------------------------------------------------------------------------------------------
 # running
 
 
-def _wrap(name: str, fn):
-    """The evaluation commands' error handling, with transfer's own error added."""
-    from ..cli_eval import _wrap as wrap_eval
-    from .datasets import TransferError
-
-    return wrap_eval(name, fn, (TransferError,))
-
-
 def _overrides(args: argparse.Namespace, keys: dict[str, str]) -> dict[str, Any]:
-    from .common import parse_set
+    from ..transfer.common import parse_set
 
     ov = parse_set(args.set)
     for attr, key in keys.items():
@@ -206,7 +179,7 @@ def _overrides(args: argparse.Namespace, keys: dict[str, str]) -> dict[str, Any]
 
 def _specs(args: argparse.Namespace):
     """The model(s) to fine-tune, loaded lazily (each run changes its backbone in place)."""
-    from .common import load_transfer_backbone
+    from ..transfer.common import load_transfer_backbone
 
     common = dict(which=args.which, arch=args.arch, in_chans=args.in_chans,
                   small_stem=args.small_stem, width=args.width, seed=args.seed, trust=args.trust)
@@ -220,17 +193,6 @@ def _specs(args: argparse.Namespace):
             # a baseline normalises inputs as the checkpoint's model does, so only weights differ
             m.mean, m.std = first.mean, first.std
             yield m
-
-
-def _emit(args: argparse.Namespace, records: list[dict[str, Any]]) -> None:
-    from ..eval.report import write_json
-
-    if args.json:
-        write_json(records[0] if len(records) == 1 else {"records": records}, args.json)
-    if args.out_dir:
-        for rec in records:
-            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in rec["model"])
-            write_json(rec, Path(args.out_dir) / f"{rec['protocol']}_{safe}.json")
 
 
 def _save_path(args: argparse.Namespace, label: str, first: bool) -> str | None:
@@ -250,7 +212,7 @@ def _setup(args: argparse.Namespace):
     try:
         info, device = init_distributed(args.device)
     except RuntimeError as e:
-        from .datasets import TransferError
+        from ..transfer.datasets import TransferError
 
         raise TransferError(f"--device {args.device}: {e}") from None
     return info, device
@@ -266,9 +228,9 @@ def _classes(text: str | None) -> list[str] | None:
 
 
 def cmd_detection(args: argparse.Namespace) -> int:
-    from .common import resolve_settings
-    from .datasets import TransferError, concat_sets, read_class_names, read_detection
-    from .detection import DETECTION_PRESETS, run_detection, summary
+    from ..transfer.common import resolve_settings
+    from ..transfer.datasets import TransferError, concat_sets, read_class_names, read_detection
+    from ..transfer.detection import DETECTION_PRESETS, run_detection, summary
 
     s = resolve_settings(DETECTION_PRESETS, args.preset, _overrides(args, {
         "model": "model", "iterations": "iterations", "batch_size": "batch_size", "lr": "lr",
@@ -303,9 +265,9 @@ def cmd_detection(args: argparse.Namespace) -> int:
 
 
 def cmd_segmentation(args: argparse.Namespace) -> int:
-    from .common import resolve_settings
-    from .datasets import read_class_names, read_voc_segmentation
-    from .segmentation import SEGMENTATION_PRESETS, run_segmentation, summary
+    from ..transfer.common import resolve_settings
+    from ..transfer.datasets import read_class_names, read_voc_segmentation
+    from ..transfer.segmentation import SEGMENTATION_PRESETS, run_segmentation, summary
 
     s = resolve_settings(SEGMENTATION_PRESETS, args.preset, _overrides(args, {
         "iterations": "iterations", "batch_size": "batch_size", "lr": "lr", "norm": "norm",
@@ -327,7 +289,7 @@ def cmd_segmentation(args: argparse.Namespace) -> int:
     objects = read_class_names(args.data)  # object classes, as for detection (no background)
     names = ["background", *objects] if objects else None
     if names is None and s.get("num_classes") == 21:
-        from .datasets import VOC_SEG_CLASSES
+        from ..transfer.datasets import VOC_SEG_CLASSES
 
         names = list(VOC_SEG_CLASSES)
     data_info = {"source": "voc-seg", "path": str(args.data), "train": s["train_split"],
@@ -357,33 +319,17 @@ def _run_models(args: argparse.Namespace, summary, run_one) -> int:
     finally:
         cleanup()
     if records:
-        _emit(args, records)
+        write_records(args, records)
     return 0
 
 
 def cmd_presets(args: argparse.Namespace) -> int:  # noqa: ARG001
-    from .common import dump_presets
-    from .detection import DETECTION_PRESETS
-    from .segmentation import SEGMENTATION_PRESETS
+    from ..transfer.common import dump_presets
+    from ..transfer.detection import DETECTION_PRESETS
+    from ..transfer.segmentation import SEGMENTATION_PRESETS
 
     print("# byol transfer detection --preset NAME")
     print(dump_presets(DETECTION_PRESETS), end="")
     print("\n# byol transfer segmentation --preset NAME")
     print(dump_presets(SEGMENTATION_PRESETS), end="")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m byol.transfer.cli ...`` (until the main CLI registers ``transfer``)."""
-    parser = argparse.ArgumentParser(prog="byol")
-    parser.add_argument("--debug", action="store_true")
-    add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_BAD_INPUT
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

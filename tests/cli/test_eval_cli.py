@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from byol.checkpoint import FORMAT, atomic_save
-from byol.cli_eval import add_commands, main
+from byol.cli import main
+from byol.cli.eval import add_commands
 from byol.config import Config
 from byol.models import build_byol
 
@@ -136,7 +137,7 @@ def test_fmnist_suite_tiny_runs(tmp_path):
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fmnist_suite.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "fmnist_suite.py"
     spec = importlib.util.spec_from_file_location("fmnist_suite", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

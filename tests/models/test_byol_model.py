@@ -10,13 +10,19 @@ import torch
 from conftest import tiny_backbone, tiny_byol
 from torch import nn
 
-from byol.models import MLP, build_backbone, regression_loss, tau_schedule
-from byol.models.byol import update_target_reference
+from byol.models import BYOL, MLP, build_backbone, regression_loss, tau_schedule
 from byol.models.viewnorm import split_views
 
 # ------------------------------------------------------------------------------------------
 # regression loss: 2 - 2 cos
 # ------------------------------------------------------------------------------------------
+
+
+def update_target_reference(model: BYOL, tau: float) -> None:
+    """Per-parameter form of :meth:`BYOL.update_target`, kept to test the fused one against."""
+    with torch.no_grad():
+        for t, o in zip(model.target.parameters(), model.online.parameters()):
+            t.mul_(tau).add_(o.detach(), alpha=1 - tau)
 
 
 def test_regression_loss_hand_values():

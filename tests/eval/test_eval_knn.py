@@ -10,11 +10,11 @@ import torch
 from byol.eval.features import (
     RESNET50_MHEAD_DIMS,
     cached_features,
-    eval_transform,
     extract_features,
     mhead_pool,
 )
 from byol.eval.knn import knn_classify, knn_predict
+from byol.eval.transforms import eval_transform
 from byol.models import build_backbone
 
 

@@ -11,8 +11,9 @@ import torchvision
 
 from byol.checkpoint import FORMAT, CheckpointError, atomic_save, load_backbone, load_checkpoint
 from byol.config import Config
-from byol.export import export_checkpoint, import_checkpoint, mlp_to_neck
 from byol.models import build_byol
+from byol.weights.export import export_checkpoint, import_checkpoint
+from byol.weights.foreign import mlp_to_neck
 
 
 def _byol_ckpt(path, arch="resnet18", in_chans=3, small_stem=True, width=8, hidden=32, dim=16):

@@ -1,16 +1,11 @@
-"""``byol`` command line: pretrain, config, evaluation, export, benchmark.
-
-Bad input ends with one line naming the file or key and the fix, exit code 2, and no
-traceback (``--debug`` shows it).
-"""
+"""``byol pretrain`` and ``byol config show|list``."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+from typing import Any
 
-EXIT_BAD_INPUT = 2
+from .common import RAW, command, help_command
 
 PRETRAIN_EPILOG = """examples:
   byol pretrain --config fmnist_quick --out runs/fmnist_quick
@@ -19,14 +14,6 @@ PRETRAIN_EPILOG = """examples:
   byol pretrain --config runs/fmnist_quick/config.yaml --resume runs/fmnist_quick
   torchrun --nproc_per_node 8 -m byol pretrain --config byol_resnet50_8xb32-accum16-coslr-200e_in1k --data /data/imagenet
 """
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        datefmt="%H:%M:%S",
-    )
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -47,8 +34,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     import os
 
-    from .config import load_config
-    from .engine import pretrain
+    from ..config import load_config
+    from ..engine import pretrain
 
     cfg = load_config(args.config, _overrides(args))
     rank0 = os.environ.get("RANK", "0") == "0"
@@ -67,10 +54,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from .config import config_from_dict, dump_yaml, load_config
+    from ..config import config_from_dict, dump_yaml, load_config
 
     if args.checkpoint:
-        from .checkpoint import load_checkpoint
+        from ..checkpoint import load_checkpoint
 
         cfg = config_from_dict(load_checkpoint(args.checkpoint)["config"], args.checkpoint)
     else:
@@ -80,7 +67,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_config_list(args: argparse.Namespace) -> int:  # noqa: ARG001
-    from .config import load_config, preset_names
+    from ..config import load_config, preset_names
 
     for name in preset_names():
         c = load_config(name)
@@ -92,21 +79,13 @@ def cmd_config_list(args: argparse.Namespace) -> int:  # noqa: ARG001
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="byol",
-        description="BYOL self-supervised pretraining and mmselfsup's evaluation suite.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Run `byol COMMAND --help` for each command's options and examples.",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
+def add_commands(sub: Any) -> None:
+    """Register ``pretrain`` and ``config`` on the main parser's subparsers."""
     p = sub.add_parser(
         "pretrain",
         help="pretrain an encoder with BYOL",
         epilog=PRETRAIN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RAW,
     )
     p.add_argument("--config", "-c", default=None,
                    help="preset name (`byol config list`) or YAML file")
@@ -121,93 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint file, or run folder whose newest checkpoint to continue; "
                    "'auto': the --out folder's newest checkpoint if there is one (for torchrun "
                    "--max-restarts)")
-    p.set_defaults(func=cmd_pretrain)
+    command(p, cmd_pretrain)
 
     c = sub.add_parser("config", help="show presets and resolved configs")
+    command(c, help_command(c))
     csub = c.add_subparsers(dest="config_command", metavar="ACTION")
     cs = csub.add_parser(
         "show",
         help="print the resolved config (preset/YAML + overrides) as YAML",
         epilog="examples:\n  byol config show --config fmnist_quick --set train.epochs=3\n"
         "  byol config show --checkpoint runs/fmnist_quick/last.pt",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=RAW,
     )
     cs.add_argument("--config", "-c", default=None, help="preset name or YAML file")
     cs.add_argument("--checkpoint", help="print the config stored in a checkpoint instead")
     cs.add_argument("--set", "-s", action="append", metavar="KEY=VALUE")
-    cs.set_defaults(func=cmd_config_show)
+    command(cs, cmd_config_show)
     cl = csub.add_parser("list", help="list the shipped presets",
                          epilog="example:\n  byol config list",
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    cl.set_defaults(func=cmd_config_list)
-
-    try:
-        from .cli_eval import add_commands
-    except ImportError:  # the evaluation suite is optional at import time only while building
-        add_commands = None
-    if add_commands is not None:
-        add_commands(sub)
-    from .transfer.cli import add_commands as add_transfer
-
-    add_transfer(sub)
-    try:
-        from .bench import add_commands as add_bench
-    except ImportError:
-        add_bench = None
-    if add_bench is not None:
-        add_bench(sub)
-    return parser
-
-
-def one_line(e: BaseException) -> str:
-    """The message of a known error; one re-raised from a DataLoader worker carries the worker's
-    traceback text, of which only the last line (the original message) is kept."""
-    msg = str(e)
-    if "Original Traceback" in msg:
-        last = msg.strip().splitlines()[-1]
-        msg = last.split(": ", 1)[1] if ": " in last else last
-    return msg
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_BAD_INPUT
-    _setup_logging(False)
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .engine import TrainingError
-
-    known: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, TrainingError)
-    from .data import DataError
-    from .transfer import TransferError
-
-    known += (DataError, TransferError)
-    try:
-        return int(args.func(args) or 0)
-    except known as e:
-        if args.debug:
-            raise
-        print(f"byol: error: {one_line(e)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except FileNotFoundError as e:
-        if args.debug:
-            raise
-        print(f"byol: error: {e.filename or e}: no such file or folder", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as e:  # full disk, read-only or vanished folders: the environment, not a bug
-        if args.debug:
-            raise
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"byol: error: {where}{e.strerror or e} (run again with --debug for the "
-              "traceback)", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("byol: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+                         formatter_class=RAW)
+    command(cl, cmd_config_list)
