@@ -113,14 +113,14 @@ def _fixed_rate(monkeypatch, steps_per_s=1.0, elapsed=2.0):
 
 
 def test_time_budget_fixes_the_step_count_and_stores_it(tmp_path, monkeypatch):
-    _fixed_rate(monkeypatch)  # 1 step/s, 2 s spent over 23 steps: (40 - 2) * 0.97 = 36.86 -> 23 + 36 steps
+    _fixed_rate(monkeypatch)  # 1 step/s, 2 s spent when the probe ends: (40 - 2) * 0.97 = 36.86 -> +36 steps
     cfg = tiny_config(tmp_path, **{"train.time_budget": "40s", "train.epochs": 1,
                                    "log.save_every": 100})
     t = Trainer(cfg)
     assert not t.budget_fixed
     res = t.train()
     want = budget_steps(engine.BUDGET_PROBE[1], 2.0, 40.0, 1.0)
-    assert res["steps"] == res["total_steps"] == want == 59
+    assert res["steps"] == res["total_steps"] == want == engine.BUDGET_PROBE[1] + 36
     ck = load_checkpoint(tmp_path / "last.pt")
     assert ck["schedule"]["total_steps"] == want and ck["schedule"]["budget_fixed"]
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -135,12 +135,13 @@ def test_time_budget_resume_ends_at_the_same_step_bitwise(tmp_path, monkeypatch)
     det = {"train.deterministic": True, "train.time_budget": "40s", "log.save_every": 100}
     _fixed_rate(monkeypatch)
     Trainer(tiny_config(tmp_path / "a", **det)).train()
-    Trainer(tiny_config(tmp_path / "b", **det, **{"train.max_steps": 30})).train()
-    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == 30
+    stop = engine.BUDGET_PROBE[1] + 7  # stopped after the count was fixed
+    Trainer(tiny_config(tmp_path / "b", **det, **{"train.max_steps": stop})).train()
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == stop
     _fixed_rate(monkeypatch, steps_per_s=50.0)  # a faster machine must not change the count
     Trainer(tiny_config(tmp_path / "b", **det), resume=str(tmp_path / "b")).train()
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
-    assert a["step"] == b["step"] == 59
+    assert a["step"] == b["step"] == engine.BUDGET_PROBE[1] + 36
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
 
