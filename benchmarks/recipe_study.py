@@ -1,7 +1,7 @@
 """Recipe study for short CPU budgets: which settings make BYOL learn fast?
 
 Part 1 changes one thing at a time on a preset (``fmnist_quick`` as it landed before this
-study); part 2 changes one thing at a time on an anchor built from the published evidence, then
+study, frozen in ``benchmarks/configs/fmnist_quick_landed.yaml``); part 2 changes one thing at a time on an anchor built from the published evidence, then
 combines the part-2 changes that beat the anchor. Every cell trains on the same number of images
 (``--images``, the schedule ends there: ``train.total_steps = images // batch``), so cells of one
 network cost the same compute, and is scored by weighted kNN (k=20, T=0.07) of the pooled
@@ -303,7 +303,8 @@ def _cpu_flags() -> str:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default="fmnist_quick")
+    ap.add_argument("--config", default=str(Path(__file__).resolve().parent / "configs" / "fmnist_quick_landed.yaml"),
+                    help="the recipe the cells change (default: fmnist_quick before the study)")
     ap.add_argument("--data", default="/usr/share/datasets/fashion-mnist",
                     help="data.path for every cell ('' keeps the config's)")
     ap.add_argument("--out", default="runs/study")
