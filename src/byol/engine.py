@@ -227,8 +227,9 @@ class RunState:
 class Trainer:
     """Builds everything a pretraining run needs from a :class:`Config` and runs it."""
 
-    def __init__(self, cfg: Config, resume: str | None = None) -> None:
+    def __init__(self, cfg: Config, resume: str | None = None, config_header: str = "") -> None:
         self.cfg = cfg
+        self.config_header = config_header  # comment lines written above RUN/config.yaml
         self.dist, self.device = du.init_distributed(cfg.train.device)
         t = cfg.train
         if t.threads:
@@ -557,7 +558,8 @@ class Trainer:
                   seed=self.cfg.train.seed)
         train_src = open_source(d.source, d.path, d.split, **kw)
         same = d.val_split == d.split and not d.val_path
-        val_src = train_src if same else open_source(d.source, d.val_path or d.path, d.val_split, **kw)
+        val_src = train_src if same else open_source(d.source, d.val_path or d.path, d.val_split,
+                                                     split_option="data.val_split", **kw)
         if train_src.labels is None or val_src.labels is None:
             raise TrainingError(
                 f"the kNN monitor (log.knn_every / log.knn_every_steps) needs labels: data.split="
@@ -656,7 +658,7 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         main = self.dist.is_main
         if main:
-            (self.out / "config.yaml").write_text(dump_yaml(cfg))
+            (self.out / "config.yaml").write_text(self.config_header + dump_yaml(cfg))
             log.info(
                 "BYOL %s | %d images | global batch %d (%d x %d accum x %d procs) | peak lr %.4g | "
                 "%s steps (%d/epoch) | device %s | %s | channels_last=%s",
@@ -1000,15 +1002,10 @@ def monitor_verdict(history: list[dict[str, Any]], k: int) -> dict[str, float] |
 
 
 def _same_images(a, b) -> bool:
-    """True when two opened splits hold the same images (e.g. one .npz named for both)."""
-    if len(a) != len(b):
-        return False
-    if hasattr(a, "images") and hasattr(b, "images"):
-        k = min(len(a), 64)
-        return a.images.shape == b.images.shape and torch.equal(a.images[:k], b.images[:k])
-    if hasattr(a, "files") and hasattr(b, "files"):
-        return a.files == b.files
-    return False
+    """True when two opened splits hold the same images (:func:`byol.data.same_images`)."""
+    from .data import same_images
+
+    return same_images(a, b)
 
 
 def _link_or_copy(path: Path, last: Path) -> None:
@@ -1075,9 +1072,11 @@ def find_checkpoint(where: str | os.PathLike) -> Path:
     return p
 
 
-def pretrain(cfg: Config, resume: str | None = None) -> dict[str, Any]:
-    """Run (or resume) a pretraining; returns a summary with the final checkpoint path."""
-    trainer = Trainer(cfg, resume)
+def pretrain(cfg: Config, resume: str | None = None, config_header: str = "") -> dict[str, Any]:
+    """Run (or resume) a pretraining; returns a summary with the final checkpoint path.
+    ``config_header``: comment lines above the config in ``RUN/config.yaml`` (why it was
+    chosen, for a run without a config)."""
+    trainer = Trainer(cfg, resume, config_header)
     try:
         return trainer.train()
     finally:

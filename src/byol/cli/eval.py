@@ -41,6 +41,12 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-split", default="train", help="labelled split to fit on")
     g.add_argument("--test-split", default=None,
                    help="split to evaluate on (default: the checkpoint's data.val_split, or test)")
+    g.add_argument("--test-data", metavar="[SOURCE:]PATH",
+                   help="a separate test set (file or folder, read like --data unless SOURCE: is "
+                   "given); default: the checkpoint's data.val_path, else --test-split of --data")
+    g.add_argument("--test-on-train", action="store_true",
+                   help="allow scoring the training images against themselves when there is no "
+                   "separate test set (inflated numbers; refused otherwise)")
     g.add_argument("--image-size", type=int, help="evaluation crop (default: the checkpoint's)")
     g.add_argument("--mean", type=float, nargs="+", help="normalisation mean(s)")
     g.add_argument("--std", type=float, nargs="+", help="normalisation std(s)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import bench, eval, pretrain, transfer
+from . import bench, embed, eval, pretrain, transfer
 from .common import EXIT_BAD_INPUT, guarded, setup_logging
 
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (pretrain, eval, transfer, bench):
+    for module in (pretrain, eval, embed, transfer, bench):
         module.add_commands(sub)
     return parser
 

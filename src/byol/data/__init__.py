@@ -6,7 +6,7 @@ re-exported here so callers can write ``from byol.data import open_source``.
 """
 
 from ..errors import DataError
-from .base import SOURCES, ArraySource, BadImageWarning, FileSource
+from .base import SOURCES, ArraySource, BadImageWarning, FileSource, same_images
 from .folders import (
     IMAGE_EXTENSIONS,
     FolderEvalDataset,
@@ -15,7 +15,7 @@ from .folders import (
     list_image_files,
 )
 from .formats import images_from_numpy, read_idx
-from .sources import open_source
+from .sources import check_split, open_source
 from .synthetic import make_synthetic
 
 __all__ = [
@@ -29,8 +29,10 @@ __all__ = [
     "FolderViewsDataset",
     "decode_image",
     "images_from_numpy",
+    "check_split",
     "list_image_files",
     "make_synthetic",
     "open_source",
     "read_idx",
+    "same_images",
 ]

@@ -113,6 +113,19 @@ def default_classes(labels: torch.Tensor | None) -> list[str] | None:
     return [str(i) for i in range(int(labels.max()) + 1)]
 
 
+def same_images(a: Any, b: Any) -> bool:
+    """True when two opened splits hold the same images (e.g. one ``.npz`` named for both, or
+    a folder without split folders opened as ``train`` and as ``test``)."""
+    if len(a) != len(b):
+        return False
+    if hasattr(a, "images") and hasattr(b, "images"):
+        k = min(len(a), 64)
+        return a.images.shape == b.images.shape and torch.equal(a.images[:k], b.images[:k])
+    if hasattr(a, "files") and hasattr(b, "files"):
+        return a.files == b.files
+    return False
+
+
 def require_dir(path: str, what: str) -> Path:
     if not path:
         raise DataError(f"{what}: no path given; set data.path to the dataset folder")

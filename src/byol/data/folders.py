@@ -70,17 +70,36 @@ def list_image_files(root: Path) -> list[Path]:
 
 
 
-def scan_labeled_folder(path: str, split: str) -> tuple[list[Path], torch.Tensor, list[str], Path]:
-    """Find ``<root>/<class>/**/<image>`` files, where root is ``path/split`` if it exists."""
+#: Folder names read as splits (``<path>/<split>/<class>/<image>``); a folder without any of
+#: them is one set of images, and these names are then its only valid split names (roles).
+SPLIT_FOLDERS: tuple[str, ...] = ("train", "val", "validation", "test")
+
+
+def split_folders(base: Path) -> list[str]:
+    """The split folders (:data:`SPLIT_FOLDERS`) directly under ``base``, in that order."""
+    return [s for s in SPLIT_FOLDERS if (base / s).is_dir()]
+
+
+def scan_labeled_folder(path: str, split: str, option: str = "data.split"
+                        ) -> tuple[list[Path], torch.Tensor, list[str], Path]:
+    """Find ``<root>/<class>/**/<image>`` files, where root is ``path/split`` if it exists.
+
+    ``option``: the setting or flag that chose ``split``, named in the errors."""
     base = require_dir(path, "folder source")
     root = base / split if split and (base / split).is_dir() else base
     subdirs = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if root == base:
-        splits = [d for d in subdirs if d in ("train", "val", "validation", "test")]
+        splits = split_folders(base)
         if splits:
             raise DataError(
                 f"folder source: split folder {base / split} does not exist, but {base} has split "
-                f"folders {splits}; set data.split (or data.val_split) to one of them"
+                f"folders {splits}; set {option} to one of them"
+            )
+        if split and split not in SPLIT_FOLDERS:
+            raise DataError(
+                f"folder source: {base} has no split folders ({', '.join(SPLIT_FOLDERS)}), so "
+                f"{option} {split!r} names no split; the folder is one set of images: name a "
+                "separate test set with --test-data PATH (or data.val_path)"
             )
     if not subdirs:
         raise DataError(

@@ -10,9 +10,41 @@ from pathlib import Path
 
 from ..errors import DataError
 from .base import SOURCES, ArraySource, FileSource, limit_samples
-from .folders import decode_folder, scan_labeled_folder, scan_unlabeled_folder
+from .folders import SPLIT_FOLDERS, decode_folder, scan_labeled_folder, scan_unlabeled_folder
 from .formats import read_cifar, read_idx, read_mnist_like, read_numpy, read_stl10
 from .synthetic import make_synthetic
+
+# --------------------------------------------------------------------------------------------
+# Split names
+# --------------------------------------------------------------------------------------------
+
+#: The splits of the readers whose files fix them; ``folder`` has its split folders, and the
+#: one-set readers (:data:`ONE_SET`) accept only the role names of :data:`SPLIT_FOLDERS`.
+FIXED_SPLITS: dict[str, tuple[str, ...]] = {
+    "fashion_mnist": ("train", "test"),
+    "mnist": ("train", "test"),
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
+    "synthetic": ("train", "test", "val"),
+}
+#: Readers of one set of images with no splits: a test set is a separate file or folder.
+ONE_SET: tuple[str, ...] = ("numpy", "idx", "unlabeled_folder")
+
+
+def check_split(source: str, split: str, option: str = "data.split") -> None:
+    """Raise a :class:`DataError` naming ``option`` when ``source`` has no split ``split``.
+
+    One-set readers accept the role names (``train``, ``val``, ``validation``, ``test``): every
+    role opens the same images, which evaluations and the kNN monitor then detect."""
+    if source in FIXED_SPLITS and split not in FIXED_SPLITS[source]:
+        raise DataError(f"{source} has no split {split!r}; its splits are "
+                        f"{', '.join(FIXED_SPLITS[source])}: set {option} to one of them")
+    if source in ONE_SET and split not in SPLIT_FOLDERS:
+        raise DataError(f"{source} source: a {'folder' if 'folder' in source else 'file'} is one "
+                        f"set of images without splits, so {option} {split!r} names no split; "
+                        "name a separate test set with --test-data PATH (or data.val_path)")
+
 
 # --------------------------------------------------------------------------------------------
 # Entry point
@@ -32,6 +64,7 @@ def open_source(
     synthetic_size: int = 1024,
     limit: int = 0,
     seed: int = 0,
+    split_option: str = "data.split",
 ) -> ArraySource | FileSource:
     """Open one split of a dataset.
 
@@ -50,15 +83,18 @@ def open_source(
         synthetic_size: number of images of the ``synthetic`` source.
         limit: keep only the first ``limit`` samples (0: all) -- for quick runs and tests.
         seed: seed of the ``synthetic`` source.
+        split_option: the setting or flag that chose ``split`` (``data.split``,
+            ``--test-split``, ...), named in the error when the split does not exist.
     """
     if limit < 0:
         raise DataError(f"limit must be >= 0 (0 keeps everything), got {limit}")
+    check_split(source, split, split_option)
     if source in ("folder", "unlabeled_folder"):
         side = load_size or image_size
         if side <= 0:
             raise DataError(f"image_size/load_size must be positive, got {side}")
         files, labels, classes, root = (
-            scan_labeled_folder(path, split)
+            scan_labeled_folder(path, split, split_option)
             if source == "folder"
             else scan_unlabeled_folder(path)
         )

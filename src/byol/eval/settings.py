@@ -198,6 +198,12 @@ class DataChoice:
     data_path: str | None = None
     train_split: str = "train"
     test_split: str | None = None
+    # a separate test set: PATH (read like the training data) or SOURCE:PATH; without it the
+    # test split of the training data (or the checkpoint's data.val_path)
+    test_data: str | None = None
+    # score the training images against themselves when no separate test set exists (inflated
+    # numbers; refused unless asked for by this name)
+    test_on_train: bool = False
     image_size: int | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
@@ -209,6 +215,10 @@ class DataChoice:
     def source_and_path(self) -> tuple[str, str] | None:
         return parse_data(self.data, self.source, self.data_path)
 
+    def test_source_and_path(self, train_source: str) -> tuple[str, str] | None:
+        """``--test-data``: ``SOURCE:PATH``, or a PATH read by the training data's reader."""
+        return parse_test_data(self.test_data, train_source)
+
 
 @dataclass
 class RunSettings:
@@ -219,6 +229,18 @@ class RunSettings:
     cache_dir: str | None = None
     quiet: bool = False
     n_jobs: int = 1  # parallel SVM fits
+
+
+def parse_test_data(spec: str | None, train_source: str) -> tuple[str, str] | None:
+    """``--test-data PATH`` (the training data's reader) or ``--test-data SOURCE:PATH``."""
+    from ..config import CHOICES
+
+    if not spec:
+        return None
+    head, _, rest = spec.partition(":")
+    if rest and head in CHOICES["data.source"]:
+        return head, rest
+    return train_source, spec
 
 
 def parse_data(spec: str | None, source: str | None, path: str | None) -> tuple[str, str] | None:

@@ -337,12 +337,48 @@ class Evaluator:
 
 
 def _open(source: str, path: str, split: str, image_size: int, limit: int, synthetic_size: int,
-          seed: int):
+          seed: int, option: str):
     from ..data import open_source
 
     return open_source(source, path, split, image_size=image_size,
                        load_size=round(image_size * 256 / 224), limit=limit,
-                       synthetic_size=synthetic_size, seed=seed)
+                       synthetic_size=synthetic_size, seed=seed, split_option=option)
+
+
+def open_eval_pair(data: DataChoice, source: str, path: str, image_size: int, seed: int,
+                   default_test_split: str = "test", default_test_data: str = ""):
+    """The train and test sets of an evaluation and the record of which images each holds.
+
+    The test set is ``data.test_data`` (or ``default_test_data``, a checkpoint's
+    ``data.val_path``) when given, else the ``test_split`` of the training data. A test set
+    that holds the training images is refused (the numbers would be inflated) unless
+    ``data.test_on_train`` asks for it."""
+    test_split = data.test_split or default_test_split
+    test_limit = data.limit if data.test_limit is None else data.test_limit
+    spec = data.test_source_and_path(source) or (
+        (source, default_test_data) if default_test_data else None)
+    test_source, test_path = spec or (source, path)
+    train = _open(source, path, data.train_split, image_size, data.limit, data.synthetic_size,
+                  seed, "--train-split")
+    test = _open(test_source, test_path, test_split, image_size, test_limit,
+                 data.synthetic_size, seed, "--test-split")
+    from ..data import same_images
+
+    same = same_images(train, test)
+    if same and not data.test_on_train:
+        where = f"{source}:{path}" + (f" and {test_source}:{test_path}" if spec else "")
+        raise EvalError(
+            f"the test set is the training set ({where}, splits {data.train_split!r} and "
+            f"{test_split!r} hold the same {len(train)} images): name a separate test set with "
+            "--test-data PATH (or pass --test-on-train to score the training images against "
+            "themselves, which overstates every number)")
+    info = {"source": source, "path": path, "train": data.train_split, "test": test_split,
+            "train_images": f"{source}:{path} split {data.train_split}",
+            "test_images": f"{test_source}:{test_path} split {test_split}",
+            "test_source": test_source, "test_path": test_path,
+            "num_train": len(train), "num_test": len(test),
+            "test_is_train": same, "test_on_train": bool(data.test_on_train)}
+    return train, test, info
 
 
 def _voc07_data(root: str, size: int):
@@ -385,16 +421,13 @@ def build_evaluators(model: ModelChoice, data: DataChoice, run: RunSettings | No
                                 "--data folder:/data/imagenet)")
             spec = (cfg.data.source, cfg.data.path)
         source, path = spec
-        test_split = data.test_split or (cfg.data.val_split if cfg is not None else "test")
+        own_data = data.source_and_path() is None and cfg is not None
         image_size = data.image_size or (first.image_size if cfg is not None
                                          else NATIVE_SIZE.get(source, 224))
-        test_limit = data.limit if data.test_limit is None else data.test_limit
-        train = _open(source, path, data.train_split, image_size, data.limit,
-                      data.synthetic_size, model.seed)
-        test = _open(source, path, test_split, image_size, test_limit, data.synthetic_size,
-                     model.seed)
-        data_info = {"source": source, "path": path, "train": data.train_split,
-                     "test": test_split, "num_train": len(train), "num_test": len(test)}
+        train, test, data_info = open_eval_pair(
+            data, source, path, image_size, model.seed,
+            default_test_split=cfg.data.val_split if cfg is not None else "test",
+            default_test_data=cfg.data.val_path if own_data else "")
     if cfg is None:  # baseline without a checkpoint: fit the data
         chans = model.in_chans or (int(train.images.shape[1]) if hasattr(train, "images") else 3)
         common.update(in_chans=chans, image_size=image_size)

@@ -1,0 +1,50 @@
+"""The no-config recipe: one pure function of device, dataset size, image size and channels."""
+
+from __future__ import annotations
+
+from byol.config import load_config
+from byol.recipes import CPU_BUDGET, SMALL_DATA, choose_recipe
+
+
+def _cfg(overrides):
+    def text(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, list):
+            return "[" + ",".join(map(str, v)) + "]"
+        return str(v)
+
+    norm = {"augment.mean": [0.5] * overrides["model.in_chans"],
+            "augment.std": [0.25] * overrides["model.in_chans"]}
+    return load_config(None, [f"{k}={text(v)}" for k, v in {**overrides, **norm}.items()])
+
+
+def test_cpu_small_data_is_the_quick_recipe_bounded_in_time():
+    o, why = choose_recipe("cpu", 5000, 28, 1, labeled=True)
+    quick = load_config("fmnist_quick")
+    cfg = _cfg(o)  # every key is a valid setting
+    for key in ("arch", "width", "proj_hidden_dim", "proj_dim", "pred_hidden_dim"):
+        assert getattr(cfg.model, key) == getattr(quick.model, key)
+    assert (cfg.optim.name, cfg.optim.base_lr) == (quick.optim.name, quick.optim.base_lr)
+    assert cfg.train.time_budget == CPU_BUDGET and cfg.model.in_chans == 1
+    assert cfg.model.small_stem and cfg.augment.view1.blur_p == 0.0
+    assert cfg.log.knn_every_steps > 0 and cfg.log.knn_queries <= 5000 // 5
+    assert any("CPU" in w for w in why)
+
+
+def test_gpu_or_large_data_is_the_full_recipe_scaled_by_image_size():
+    o, _ = choose_recipe("cuda", 5000, 32, 3)
+    cfg = _cfg(o)
+    assert cfg.model.width == 64 and cfg.model.proj_hidden_dim == 4096
+    assert cfg.train.time_budget == "" and cfg.train.epochs == 200
+    assert cfg.model.small_stem and cfg.augment.view1.blur_p == 1.0  # 32 px: blur stays
+    assert cfg.log.knn_every_steps == 0  # no labels, no monitor
+    o, why = choose_recipe("cpu", SMALL_DATA, 224, 3)
+    cfg = _cfg(o)
+    assert cfg.model.arch == "resnet50" and not cfg.model.small_stem
+    assert cfg.augment.view1.crop_scale == (0.08, 1.0) and any("slow on a CPU" in w for w in why)
+
+
+def test_tiny_data_gets_a_batch_that_fits():
+    o, _ = choose_recipe("cpu", 60, 20, 3)
+    assert o["train.batch_size"] <= 30 and o["train.batch_size"] >= 2
