@@ -69,3 +69,39 @@ def resolve_device(name: str | None, local_rank: int | None = None, setting: str
         if dev.index is None and local_rank is not None:
             return torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev
+
+
+def available_memory(device) -> tuple[float, str]:
+    """Bytes this process can still allocate on ``device`` and where that figure comes from:
+    the GPU's free memory, or on a CPU the smaller of MemAvailable and what the cgroup (a
+    container's memory limit, which the OOM killer enforces) leaves. ``inf`` when unknown."""
+    import math
+
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
+        return float(free), f"free on {device}"
+    avail, where = math.inf, "unknown"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail, where = float(line.split()[1]) * 1024, "available RAM"
+                    break
+    except OSError:
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = float(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and float(limit) < 2**60 and float(limit) - usage < avail:
+            avail, where = float(limit) - usage, "left under the container's memory limit"
+        break
+    return avail, where
