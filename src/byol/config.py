@@ -252,7 +252,12 @@ def _read_yaml(name_or_path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str
             raise ConfigError(f"{where}: '_base_' must be a preset name or YAML path, got {base!r}")
         if where in chain or len(chain) > 16:
             raise ConfigError(f"{where}: '_base_' chain {' -> '.join((*chain, where))} is circular")
-        parent, _ = _read_yaml(base, (*chain, where))
+        try:
+            parent, _ = _read_yaml(base, (*chain, where))
+        except ConfigError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(f"{where}:") or "circular" in msg
+                              else f"{where}: '_base_': {msg}") from None
         raw = _deep_merge(parent, raw)
     return raw, where
 
@@ -338,6 +343,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like key.path=value (e.g. optim.base_lr=0.3)")
     key, text = item.split("=", 1)
+    if any(not part.strip() for part in key.split(".")):
+        raise ConfigError(f"override '{item}': the key {key.strip()!r} has an empty part; write "
+                          "key.path=value (e.g. optim.base_lr=0.3)")
     try:
         value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:

@@ -76,13 +76,14 @@ def estimate_memory(cfg: Config, fuse_views: bool, amp_dtype: torch.dtype | None
             m.forward = torch.empty_like
     a, c = cfg.augment, cfg.model.in_chans
     n = 2  # BatchNorm needs more than one sample in training mode
-    try:
+    try:  # the online network and predictor on both views (the target runs without grad)
         model.train()
-        views = [torch.empty(n, c, a.image_size, a.image_size, device="meta") for _ in range(2)]
+        views = [(2 * n, a.image_size)]
         if a.local_crops:
-            side = a.local_size or a.image_size // 2
-            views.append(torch.empty(n * a.local_crops, c, side, side, device="meta"))
-        model(*views)
+            views.append((n * a.local_crops, a.local_size or a.image_size // 2))
+        for batch, side in views:
+            x = torch.empty(batch, c, side, side, device="meta")
+            model.predictor(model.online(x))
     finally:
         for h in hooks:
             h.remove()

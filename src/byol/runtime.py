@@ -56,15 +56,22 @@ def keep_freed_memory() -> bool:
 def resolve_device(name: str | None, local_rank: int | None = None, setting: str = "--device"):
     """``auto`` (CUDA when visible, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a torch
     device; a bare ``cuda`` becomes this process's GPU when ``local_rank`` is given (torchrun).
-    Raises ``RuntimeError`` naming ``setting`` when CUDA is asked for but not visible."""
+    Raises :class:`byol.errors.DeviceError` (a ``RuntimeError``) naming ``setting`` for an
+    unknown device or when CUDA is asked for but not visible."""
     import torch
+
+    from .errors import DeviceError
 
     if name is None or str(name) == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceError(f"{setting}={name} is not a device: use auto, cpu, cuda or cuda:N") \
+            from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"{setting}={name} but no CUDA device is visible; "
+            raise DeviceError(f"{setting}={name} but no CUDA device is visible; "
                                f"use {setting}=cpu")
         if dev.index is None and local_rank is not None:
             return torch.device("cuda", local_rank % torch.cuda.device_count())

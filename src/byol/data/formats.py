@@ -499,6 +499,8 @@ def read_numpy(path: str) -> ArraySource:
         if dtype is not None and dtype.hasobject:
             why = ("it holds Python objects (dtype=object), which only unpickling can read, and "
                    "byol does not unpickle data files")
+        elif not head:
+            why = "the file is empty (0 bytes)"
         elif not head.startswith((b"\x93NUMPY", b"PK")):
             why = "it is not a NumPy .npy/.npz file"
         else:
