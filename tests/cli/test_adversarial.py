@@ -729,7 +729,7 @@ def test_fault_then_resume_is_bitwise_equal(faults, index):
         assert "--resume" in line or "run again" in line, line
     if first == 130:
         assert "Traceback" not in stderr[0] and "Resume with: byol pretrain" in stderr[0]
-    if spec["fault"] and spec["fault"]["type"] == "kill_in_save":
+    if (spec.get("fault") or {}).get("type") == "kill_in_save":
         assert "interrupted save" in stderr[-1], stderr[-1][-2000:]  # the leftover is removed
     assert codes[-1] == 0, f"{name}: resume exit {codes[-1]}: {stderr[-1][-2000:]}"
     assert "Traceback" not in stderr[-1]
