@@ -136,6 +136,9 @@ class TrainConfig:
     # a non-finite loss or gradient: stop (raise, keeping the last good checkpoint) or skip
     # that optimizer step (no weight/EMA update; costs one host sync per step)
     nonfinite: str = "stop"
+    # before the first step, estimate the memory the model, optimiser and one batch need and
+    # stop (naming the numbers and the settings to lower) when the device does not have it
+    memory_check: bool = True
 
 
 @dataclass
@@ -232,9 +235,15 @@ def _read_yaml(name_or_path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str
             )
         text, where = res.read_text(), f"preset {stem}"
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{where}: not valid YAML ({' '.join(str(e).split())})") from None
+    if raw is None or raw == {}:  # every default (ResNet-50, 224 px, batch 256) is never meant
+        raise ConfigError(
+            f"config '{where}' is empty (no settings): write the settings to change, or start "
+            "from a preset, e.g. `byol config show --config fmnist_quick > my.yaml`; "
+            "`byol config list` lists the presets"
+        )
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping of sections")
     base = raw.pop("_base_", None)
@@ -243,7 +252,12 @@ def _read_yaml(name_or_path: str, chain: tuple[str, ...] = ()) -> tuple[dict[str
             raise ConfigError(f"{where}: '_base_' must be a preset name or YAML path, got {base!r}")
         if where in chain or len(chain) > 16:
             raise ConfigError(f"{where}: '_base_' chain {' -> '.join((*chain, where))} is circular")
-        parent, _ = _read_yaml(base, (*chain, where))
+        try:
+            parent, _ = _read_yaml(base, (*chain, where))
+        except ConfigError as e:
+            msg = str(e)
+            raise ConfigError(msg if msg.startswith(f"{where}:") or "circular" in msg
+                              else f"{where}: '_base_': {msg}") from None
         raw = _deep_merge(parent, raw)
     return raw, where
 
@@ -329,6 +343,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like key.path=value (e.g. optim.base_lr=0.3)")
     key, text = item.split("=", 1)
+    if any(not part.strip() for part in key.split(".")):
+        raise ConfigError(f"override '{item}': the key {key.strip()!r} has an empty part; write "
+                          "key.path=value (e.g. optim.base_lr=0.3)")
     try:
         value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:

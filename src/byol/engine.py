@@ -31,6 +31,8 @@ from .checkpoint import (
     atomic_save,
     load_checkpoint,
     load_state_reporting,
+    remove_stale_temps,
+    write_error,
 )
 from .config import Config, config_from_dict, dump_yaml, parse_duration
 from .errors import TrainingError
@@ -242,6 +244,10 @@ class Trainer:
         self.out = Path(cfg.log.out_dir)
         if self.dist.is_main:
             _ensure_writable(self.out)
+            stale = remove_stale_temps(self.out)
+            if stale:
+                log.info("removed %d temporary file(s) left in %s by an interrupted save: %s",
+                         len(stale), self.out, ", ".join(p.name for p in stale))
         self.amp_dtype = autocast_dtype(cfg.train.precision, self.device)
         self.channels_last = t.channels_last if t.channels_last is not None else True
         self._stop_signal: int | None = None
@@ -256,6 +262,10 @@ class Trainer:
         # One forward for both views pays on GPUs (bigger kernels); on CPUs the extra
         # concatenations cost more than they save (70 vs 80 images/s measured on 2 cores).
         fuse = t.fuse_views if t.fuse_views is not None else self.device.type == "cuda"
+        if t.memory_check:  # before anything big is allocated: a clear stop, not the OOM killer
+            from .preflight import check_memory
+
+            check_memory(cfg, self.device, fuse, self.amp_dtype)
         self.model = build_byol(cfg.model, fuse, t.init_target_from_online).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -277,14 +287,7 @@ class Trainer:
         )
 
         self.feeder = self._build_feeder()
-        n = len(self.feeder)
-        self.steps_per_epoch = t.steps_per_epoch or n // self.global_batch
-        if self.steps_per_epoch < 1:
-            raise TrainingError(
-                f"the dataset has {n} images, fewer than one global batch of {self.global_batch} "
-                f"(train.batch_size={t.batch_size} x train.accumulate={t.accumulate} x "
-                f"{self.dist.world_size} processes): lower train.batch_size"
-            )
+        self.steps_per_epoch = self._check_sizes(len(self.feeder))
         self.total_steps = t.total_steps or self.steps_per_epoch * t.epochs
         self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
         self.time_budget_s = parse_duration(t.time_budget)
@@ -329,6 +332,28 @@ class Trainer:
         self._probe: list[tuple[int, float]] = []
 
     # -- data ------------------------------------------------------------------------------
+
+    def _check_sizes(self, n: int) -> int:
+        """Optimiser steps per epoch for ``n`` images, checked before any schedule is built:
+        every micro-batch of every step must hold at least one image."""
+        t, d = self.cfg.train, self.cfg.data
+        what = f"the dataset ({self.source.name}{f', {d.path}' if d.path else ''}) has {n} images"
+        batch = (f"one global batch of {self.global_batch} (train.batch_size={t.batch_size} x "
+                 f"train.accumulate={t.accumulate} x {self.dist.world_size} processes)")
+        if n < self.global_batch:
+            fit = max(1, n // (t.accumulate * self.dist.world_size))
+            raise TrainingError(f"{what}, fewer than {batch}: lower train.batch_size (to at most "
+                                f"{fit}) or give more images")
+        if t.steps_per_epoch:
+            last_slot = t.steps_per_epoch * self.global_batch - t.batch_size
+            if last_slot >= n:
+                raise TrainingError(
+                    f"{what}: train.steps_per_epoch={t.steps_per_epoch} x {batch} needs "
+                    f"{t.steps_per_epoch * self.global_batch}, so some micro-batches would be "
+                    f"empty: set train.steps_per_epoch to at most {n // self.global_batch} (or 0: "
+                    "as many as the data gives)")
+            return t.steps_per_epoch
+        return n // self.global_batch
 
     def _build_feeder(self):
         from .data import ArraySource, open_source
@@ -403,10 +428,8 @@ class Trainer:
         bad = self._nonfinite_state()
         if bad:
             raise TrainingError(
-                f"{bad} at step {self.state.step}: training diverged; not saving it. The last "
-                f"good checkpoint is kept in {self.out}; lower optim.base_lr, raise "
-                "optim.warmup_epochs or set train.nonfinite=skip, then --resume"
-            )
+                f"{bad} at step {self.state.step}: training diverged; not saving it. "
+                + self._diverged_advice())
         self._saved_step = self.state.step
         path = self.out / f"ckpt_{self.state.step:08d}.pt"
         error: OSError | None = None
@@ -414,8 +437,8 @@ class Trainer:
             try:
                 atomic_save(self.state_dict(), path)
                 _link_or_copy(path, self.out / "last.pt")
-            except OSError as e:
-                error = e
+            except Exception as e:  # noqa: BLE001 - any failure of the writer is a failed save
+                error = e if isinstance(e, OSError) else write_error(e, path)
         if self.dist.enabled:  # every process stops if rank 0 could not write
             flag = torch.tensor([float(error is not None)], device=self.device)
             torch.distributed.all_reduce(flag)
@@ -424,13 +447,12 @@ class Trainer:
             failed = error is not None
         if failed:
             prev = self.out / "last.pt"
-            kept = f"the previous checkpoint {prev} is intact" if prev.is_file() else \
-                "no earlier checkpoint exists"
             why = f"{error.strerror or error}" if error is not None else "see rank 0"
-            raise TrainingError(
-                f"cannot write checkpoint {path} ({why}); {kept}. Free space in {self.out} "
-                f"(or choose another --out), then resume with --resume {self.out}"
-            ) from error
+            then = (f"the previous checkpoint {prev} is intact. Free space in {self.out} (or "
+                    f"choose another --out), then resume with --resume {self.out}"
+                    if prev.is_file() else f"no earlier checkpoint exists. Free space in "
+                    f"{self.out} (or choose another --out), then run again")
+            raise TrainingError(f"cannot write checkpoint {path} ({why}); {then}") from error
         if not self.dist.is_main:
             return None
         for old in sorted(self.out.glob("ckpt_*.pt"))[: -self.cfg.log.keep_last]:
@@ -439,6 +461,25 @@ class Trainer:
             except OSError as e:  # pruning is housekeeping: never lose a run over it
                 log.warning("could not delete old checkpoint %s (%s)", old, e.strerror or e)
         return path
+
+    def _diverged_advice(self, data: bool = False) -> str:
+        """What a diverged run keeps and what to change: the newest checkpoint only if one
+        exists, and train.nonfinite=skip only when it is not already on."""
+        last = self.out / "last.pt"
+        saved = self._saved_step if self._saved_step >= 0 else None
+        if last.is_file():
+            kept = (f"The last good checkpoint is kept in {self.out} ({last.name}"
+                    f"{f', step {saved}' if saved is not None else ''})")
+            then = "then --resume " + str(self.out)
+        else:
+            kept = f"No checkpoint was saved yet in {self.out}"
+            then = "then run again"
+        fixes = [f"lower optim.base_lr (peak lr was {self.peak_lr:.3g})"]
+        if not self._skip_nonfinite:
+            fixes += ["raise optim.warmup_epochs", "set train.nonfinite=skip"]
+        elif data:
+            fixes.append("check the data")
+        return f"{kept}; {', '.join(fixes[:-1])}{' or ' if len(fixes) > 1 else ''}{fixes[-1]}, {then}"
 
     def _nonfinite_state(self) -> str | None:
         """What is non-finite in the pending loss or the weights, or None (one host sync)."""
@@ -746,13 +787,27 @@ class Trainer:
     def _finite_step(self, loss_sum: torch.Tensor) -> bool:
         """True when every gradient (and, on one process, the loss) is finite: one fused norm
         per parameter, one host sync. Under DDP the gradients are already averaged over the
-        processes, so every process takes the same decision."""
-        grads = [p.grad for p in self.model.online_parameters() if p.grad is not None]
-        norms = torch.stack(torch._foreach_norm(grads)) if grads else loss_sum.reshape(1)
-        ok = torch.isfinite(norms).all()
+        processes, so every process takes the same decision.
+
+        The same sync also checks the weights: an update can overflow although its gradients
+        were finite (a huge learning rate times weight decay), and no later step can be dropped
+        to undo it, so that stops the run (TrainingError) instead of skipping every step."""
+        online = list(self.model.online_parameters())
+        grads = [p.grad for p in online if p.grad is not None]
+        weights = [p.detach() for p in online]
+        norms = torch._foreach_norm(grads + weights) if grads or weights else []
+        g_ok = torch.isfinite(torch.stack(norms[: len(grads)])).all() if grads else \
+            torch.isfinite(loss_sum)
+        w_ok = torch.isfinite(torch.stack(norms[len(grads):])).all() if weights else g_ok
         if not self.dist.enabled:
-            ok = ok & torch.isfinite(loss_sum)
-        return bool(ok)
+            g_ok = g_ok & torch.isfinite(loss_sum)
+        g_ok, w_ok = torch.stack([g_ok, w_ok]).tolist()
+        if not w_ok:
+            raise TrainingError(
+                f"the weights became non-finite (nan/inf) in the update of step {self.state.step}, "
+                "although its loss and gradients were finite: the update itself overflowed, which "
+                "train.nonfinite=skip cannot drop. " + self._diverged_advice())
+        return bool(g_ok)
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
@@ -798,10 +853,8 @@ class Trainer:
                     if in_a_row >= MAX_CONSECUTIVE_SKIPS:
                         raise TrainingError(
                             f"{in_a_row} optimiser steps in a row up to step {step + 1} had a "
-                            "non-finite loss or gradient (train.nonfinite=skip): training diverged. "
-                            f"The last good checkpoint is kept in {self.out}; lower optim.base_lr "
-                            "or check the data, then --resume"
-                        )
+                            "non-finite loss or gradient (train.nonfinite=skip): training "
+                            "diverged. " + self._diverged_advice(data=True))
                 else:
                     loss_sum += loss
                     loss_count += len(micro)
@@ -851,10 +904,8 @@ class Trainer:
                     if not math.isfinite(mean_loss):
                         raise TrainingError(
                             f"the loss became {mean_loss} at step {self.state.step} (checked every "
-                            f"log.log_every={cfg.log.log_every} steps): training diverged. The last "
-                            f"good checkpoint is kept in {self.out}; lower optim.base_lr, raise "
-                            "optim.warmup_epochs or set train.nonfinite=skip, then --resume"
-                        )
+                            f"log.log_every={cfg.log.log_every} steps): training diverged. "
+                            + self._diverged_advice())
                     if row["z_std"] < cfg.log.collapse_warn_std and main:
                         log.warning("possible collapse at step %d: per-dimension std of normalised "
                                     "projections is %.4f (healthy ~%.3f)", self.state.step,

@@ -39,3 +39,7 @@ class TransferError(ByolError, ValueError):
 
 class TrainingError(ByolError, RuntimeError):
     """The run cannot go on (diverged loss, unusable resume state). The message says why."""
+
+
+class DeviceError(ConfigError, RuntimeError):
+    """The device asked for does not exist here (an unknown type, CUDA without a GPU)."""

@@ -56,16 +56,59 @@ def keep_freed_memory() -> bool:
 def resolve_device(name: str | None, local_rank: int | None = None, setting: str = "--device"):
     """``auto`` (CUDA when visible, else CPU), ``cpu``, ``cuda`` or ``cuda:N`` as a torch
     device; a bare ``cuda`` becomes this process's GPU when ``local_rank`` is given (torchrun).
-    Raises ``RuntimeError`` naming ``setting`` when CUDA is asked for but not visible."""
+    Raises :class:`byol.errors.DeviceError` (a ``RuntimeError``) naming ``setting`` for an
+    unknown device or when CUDA is asked for but not visible."""
     import torch
+
+    from .errors import DeviceError
 
     if name is None or str(name) == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise DeviceError(f"{setting}={name} is not a device: use auto, cpu, cuda or cuda:N") \
+            from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"{setting}={name} but no CUDA device is visible; "
+            raise DeviceError(f"{setting}={name} but no CUDA device is visible; "
                                f"use {setting}=cpu")
         if dev.index is None and local_rank is not None:
             return torch.device("cuda", local_rank % torch.cuda.device_count())
     return dev
+
+
+def available_memory(device) -> tuple[float, str]:
+    """Bytes this process can still allocate on ``device`` and where that figure comes from:
+    the GPU's free memory, or on a CPU the smaller of MemAvailable and what the cgroup (a
+    container's memory limit, which the OOM killer enforces) leaves. ``inf`` when unknown."""
+    import math
+
+    if getattr(device, "type", str(device)) == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
+        return float(free), f"free on {device}"
+    avail, where = math.inf, "unknown"
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail, where = float(line.split()[1]) * 1024, "available RAM"
+                    break
+    except OSError:
+        pass
+    for limit_file, usage_file in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                                   ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                                    "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = float(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if limit.isdigit() and float(limit) < 2**60 and float(limit) - usage < avail:
+            avail, where = float(limit) - usage, "left under the container's memory limit"
+        break
+    return avail, where

@@ -155,11 +155,22 @@ def cmd_eval_all(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_a_folder(out: str, flag: str, example: str) -> None:
+    if Path(out).is_dir():
+        from ..errors import CheckpointError
+
+        raise CheckpointError(f"{flag} '{out}' is a folder: name the file to write, e.g. "
+                              f"{flag if flag.startswith('-') else ''} {Path(out) / example}"
+                              .replace("  ", " "))
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ..weights.export import DEFAULT_SUFFIX, export_checkpoint
 
-    out = args.out or str(Path(args.checkpoint).with_suffix("")) + f"_{args.format}" + \
+    default = str(Path(args.checkpoint).with_suffix("")) + f"_{args.format}" + \
         DEFAULT_SUFFIX[args.format]
+    out = args.out or default
+    _not_a_folder(out, "--out", Path(default).name)
     rep = export_checkpoint(args.checkpoint, out, args.format, which=args.which,
                             force=args.force, trust=args.trust, verify=not args.no_verify)
     print(f"wrote {rep['out']} ({args.format}, {rep['arch']}, {rep['keys']} tensors, "
@@ -172,6 +183,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from ..weights.export import import_checkpoint
 
+    _not_a_folder(args.out, "OUT", Path(args.source).stem + "_byol.pt")
     rep = import_checkpoint(args.source, args.out, trust=args.trust, image_size=args.image_size,
                             mean=tuple(args.mean) if args.mean else None,
                             std=tuple(args.std) if args.std else None)

@@ -437,38 +437,79 @@ def images_from_numpy(arr: np.ndarray, where: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(out))
 
 
+def _stored_dtype(p: Path, member: str) -> np.dtype | None:
+    """The dtype written in the header of ``p`` (a .npy) or of its ``member`` (an .npz), read
+    without loading the data; None when the header itself is unreadable."""
+    import zipfile
+
+    def header(f) -> np.dtype:
+        version = np.lib.format.read_magic(f)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        return read(f)[2]
+
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as z, z.open(f"{member}.npy") as f:
+                return header(f)
+        with open(p, "rb") as f:
+            return header(f)
+    except Exception:  # noqa: BLE001 - a damaged header: the caller reports the file as corrupt
+        return None
+
+
 def read_numpy(path: str) -> ArraySource:
     if not path:
         raise DataError("numpy source: no path given; set data.path to a .npz or .npy file")
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"numpy source: file {p} does not exist; check data.path")
-    try:
-        loaded = np.load(p, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001 - numpy raises several types on corrupt files
-        raise DataError(
-            f"{p}: cannot load as .npy/.npz without pickle ({type(e).__name__}: {e}); save it "
-            "with np.savez(path, images=..., labels=...)"
-        ) from e
     classes: list[str] | None = None
-    if isinstance(loaded, np.ndarray):
-        images_np, labels_np = loaded, None
-    else:
-        with loaded:
-            keys = set(loaded.files)
-            if "images" in keys:
-                images_np = loaded["images"]
-                labels_np = loaded["labels"] if "labels" in keys else None
-            elif "x" in keys:
-                images_np = loaded["x"]
-                labels_np = loaded["y"] if "y" in keys else None
-            else:
-                raise DataError(
-                    f"{p}: found arrays {sorted(keys)}; expected 'images' (and optional 'labels') "
-                    "or 'x' (and optional 'y')"
-                )
-            if "classes" in keys:
-                classes = [str(c) for c in loaded["classes"].tolist()]
+    member = ""
+    try:  # every read, not only the open: an .npz reads its arrays lazily
+        loaded = np.load(p, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            images_np, labels_np = loaded, None
+        else:
+            with loaded:
+                keys = set(loaded.files)
+                if "images" in keys:
+                    names = ("images", "labels")
+                elif "x" in keys:
+                    names = ("x", "y")
+                else:
+                    raise DataError(
+                        f"{p}: found arrays {sorted(keys)}; expected 'images' (and optional "
+                        "'labels') or 'x' (and optional 'y')"
+                    )
+                member = names[0]
+                images_np = loaded[names[0]]
+                member = names[1]
+                labels_np = loaded[names[1]] if names[1] in keys else None
+                if "classes" in keys:
+                    member = "classes"
+                    classes = [str(c) for c in loaded["classes"].tolist()]
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy/zipfile raise several types on bad files
+        what = f"its array '{member}'" if member else "it"
+        dtype = _stored_dtype(p, member)
+        with open(p, "rb") as f:
+            head = f.read(6)
+        if dtype is not None and dtype.hasobject:
+            why = ("it holds Python objects (dtype=object), which only unpickling can read, and "
+                   "byol does not unpickle data files")
+        elif not head:
+            why = "the file is empty (0 bytes)"
+        elif not head.startswith((b"\x93NUMPY", b"PK")):
+            why = "it is not a NumPy .npy/.npz file"
+        else:
+            why = (f"the file is corrupt (truncated or damaged: {type(e).__name__}: "
+                   f"{' '.join(str(e).split())[:120]})")
+        raise DataError(
+            f"{p}: cannot load {what}: {why}; save plain arrays with "
+            "np.savez(path, images=uint8 array, labels=int array)"
+        ) from None
     images = images_from_numpy(images_np, str(p))
     labels = None
     if labels_np is not None:

@@ -24,7 +24,7 @@ from ..checkpoint import (
 )
 from ..errors import EvalError
 from ..models import build_backbone
-from ..weights.foreign import backbone_from_any
+from ..weights.foreign import backbone_from_any, read_any
 from .features import EvalModel, PixelBackbone, checkpoint_key
 from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
@@ -64,7 +64,10 @@ def load_eval_model(
     cfg = None
     info: dict[str, Any] = {}
     if checkpoint:
-        ckpt = load_checkpoint(checkpoint)
+        if trust or Path(checkpoint).suffix == ".safetensors":
+            ckpt = read_any(checkpoint, trust)
+        else:
+            ckpt = load_checkpoint(checkpoint, trust_flag="--trust")
         if is_byol_checkpoint(ckpt):
             bb, cfg = backbone_from_checkpoint(ckpt, str(checkpoint), which)
         else:  # another toolkit's layout, converted in memory
@@ -88,6 +91,16 @@ def load_eval_model(
         if arch and arch != cfg.model.arch:
             raise EvalError(f"--arch {arch} differs from the checkpoint's {cfg.model.arch}; "
                             "drop --arch (it only applies to --baseline)")
+        m = cfg.model
+        for flag, given, own in (("--width", width, m.width), ("--in-chans", in_chans, m.in_chans),
+                                 ("--small-stem", small_stem, m.small_stem)):
+            if given is not None and given != own:
+                shown = ("--small-stem" if given else "--no-small-stem") if flag == "--small-stem" \
+                    else f"{flag} {given}"
+                raise EvalError(
+                    f"{shown} differs from the checkpoint '{checkpoint}' ({flag.lstrip('-')} "
+                    f"{own}): the checkpoint fixes the model; drop {flag} (it only applies to "
+                    "--baseline)")
     elif baseline == "random":
         with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
             torch.manual_seed(seed)

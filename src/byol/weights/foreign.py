@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoint import is_byol_checkpoint, load_state_reporting
+from ..checkpoint import diagnose, is_byol_checkpoint, load_state_reporting, unreadable_message
 from ..config import Config, config_from_dict
 from ..errors import CheckpointError
 from ..models import build_backbone
@@ -38,19 +38,30 @@ def read_any(path: str | os.PathLike, trust: bool = False) -> dict[str, Any]:
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return dict(load_file(str(p)))
+        try:
+            return dict(load_file(str(p)))
+        except Exception as e:  # noqa: BLE001 - safetensors' own error types
+            raise CheckpointError(
+                f"'{p}' cannot be read as safetensors: it is corrupt or not a safetensors file "
+                f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); use an intact copy"
+            ) from None
     if p.suffix == ".pkl":
         raise CheckpointError(f"'{p}': detectron2 .pkl files are an export format only; import "
                               "the original .pth instead")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
-        if not trust:
+        kind, detail = diagnose(p, e)
+        if kind != "objects" or not trust:  # a corrupt file is corrupt, trusted or not
+            raise CheckpointError(unreadable_message(p, kind, detail, "--trust")) from None
+        log.warning("%s: full unpickling (--trust) of a file that names %s", p, detail)
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=False)  # noqa: S614 - opted in
+        except Exception as e2:  # noqa: BLE001 - the objects' own code failed
             raise CheckpointError(
-                f"'{p}' holds Python objects besides tensors ({type(e).__name__}), as mmengine "
-                "checkpoints' meta often does; if you trust the file, re-run with --trust"
+                f"'{p}' could not be unpickled even with --trust ({type(e2).__name__}: "
+                f"{' '.join(str(e2).split())[:200]}): it needs code that is not installed here"
             ) from None
-        obj = torch.load(p, map_location="cpu", weights_only=False)  # noqa: S614 - user opted in
     if not isinstance(obj, dict):
         raise CheckpointError(f"'{p}' holds a {type(obj).__name__}, not a dict of tensors")
     return obj
