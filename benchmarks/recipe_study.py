@@ -118,8 +118,11 @@ def run_cell(args: argparse.Namespace, name: str, overrides: list[str], seed: in
     torch.set_num_threads(args.threads)
     out = Path(args.out) / "cells" / f"{_slug(name)}_s{seed}"
     cfg = load_config(args.config, overrides + ([f"data.path={args.data}"] if args.data else []))
-    steps = args.images // (cfg.train.batch_size * cfg.train.accumulate)
-    sets = [*overrides, f"train.total_steps={steps}", f"train.seed={seed}",
+    # a cell may fix its own step count (cells of different cost at the same wall time)
+    own = [o for o in overrides if o.startswith("train.total_steps=")]
+    steps = (int(own[-1].split("=", 1)[1]) if own
+             else args.images // (cfg.train.batch_size * cfg.train.accumulate))
+    sets = [f"train.total_steps={steps}", *overrides, f"train.seed={seed}",
             f"train.threads={args.threads}", f"log.out_dir={out}", "log.progress=false",
             "log.tensorboard=false", f"log.save_every={10**6}", "log.knn_every=0",
             "log.knn_every_steps=0", "train.time_budget=", "train.device=cpu"] + (
@@ -134,7 +137,8 @@ def run_cell(args: argparse.Namespace, name: str, overrides: list[str], seed: in
     train, test = eval_sources(cfg, args.bank)
     t1 = time.perf_counter()
     ftr, fte = _features(trained, cfg, train, "cpu"), _features(trained, cfg, test, "cpu")
-    row = {"cell": name, "overrides": overrides, "seed": seed, "images": args.images,
+    images = steps * cfg.train.batch_size * cfg.train.accumulate
+    row = {"cell": name, "overrides": overrides, "seed": seed, "images": images,
            "bank": args.bank, "steps": res["steps"], "train_s": round(wall, 1),
            "final_loss": res["final_loss"], "knn20": round(_knn20(ftr, train.labels, fte, test.labels), 2)}
     row["eval_s"] = round(time.perf_counter() - t1, 1)
@@ -179,7 +183,9 @@ def _load_rows(out: Path) -> list[dict]:
 
 def _done(args, overrides: list[str], seed: int) -> dict | None:
     for r in _load_rows(Path(args.out)):
-        if (r["overrides"] == overrides and r["seed"] == seed and r.get("images") == args.images
+        own_steps = any(o.startswith("train.total_steps=") for o in overrides)
+        if (r["overrides"] == overrides and r["seed"] == seed
+                and (own_steps or r.get("images") == args.images)
                 and r.get("bank") == args.bank and (not args.linear or "linear" in r)):
             return r
     return None

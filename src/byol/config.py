@@ -25,6 +25,9 @@ class ModelConfig:
     arch: str = "resnet50"  # resnet18..wide_resnet101_2, or timm:<name>
     in_chans: int = 3
     small_stem: bool = False  # 3x3 stride-1 conv, no max-pool: for 28-64 px images
+    # stride of the small stem's conv: 2 halves every stage's resolution (4x less compute per
+    # image) for CPU budgets on 28-32 px images; 1 = the CIFAR-style stem of the papers
+    stem_stride: int = 1
     width: int = 64  # first-stage channels (64 = torchvision)
     proj_hidden_dim: int = 4096
     proj_dim: int = 256

@@ -39,6 +39,8 @@ class ResNet(nn.Module):
         arch: one of ``RESNET_NAMES``.
         in_chans: input channels (1 for grayscale data: no fake RGB copies are made).
         small_stem: 3x3 stride-1 first conv and no max-pool, for 28-64 px images (CIFAR-style).
+        stem_stride: stride of the small stem's conv (2: every stage at half the resolution,
+            a quarter of the compute; only with ``small_stem``).
         width: channels of the first stage (64 in torchvision); the stages double it. Narrow
             networks make CPU pretraining practical.
         zero_init_residual: torchvision's option; BYOL's paper results were obtained without it.
@@ -51,12 +53,16 @@ class ResNet(nn.Module):
         small_stem: bool = False,
         width: int = 64,
         zero_init_residual: bool = False,
+        stem_stride: int = 1,
     ) -> None:
         super().__init__()
         if arch not in _RESNETS:
             raise ValueError(f"unknown ResNet '{arch}'; choose one of {', '.join(RESNET_NAMES)}")
         block, layers, wide = _RESNETS[arch]
+        if stem_stride not in (1, 2) or (stem_stride != 1 and not small_stem):
+            raise ValueError(f"stem_stride={stem_stride}: 1 or 2, and 2 only with small_stem")
         self.arch, self.in_chans, self.small_stem, self.width = arch, in_chans, small_stem, width
+        self.stem_stride = stem_stride
         # Build through torchvision so the block code (and init) is exactly theirs.
         if width == 64:
             ref = tv_resnet.ResNet(
@@ -65,7 +71,7 @@ class ResNet(nn.Module):
         else:
             ref = _narrow(block, layers, width, wide, zero_init_residual)
         if small_stem:
-            ref.conv1 = nn.Conv2d(in_chans, width, 3, 1, 1, bias=False)
+            ref.conv1 = nn.Conv2d(in_chans, width, 3, stem_stride, 1, bias=False)
             ref.maxpool = nn.Identity()
         elif in_chans != 3:
             ref.conv1 = nn.Conv2d(in_chans, width, 7, 2, 3, bias=False)
@@ -177,9 +183,12 @@ class TimmBackbone(nn.Module):
 
 
 def build_backbone(
-    arch: str, in_chans: int = 3, small_stem: bool = False, width: int = 64
+    arch: str, in_chans: int = 3, small_stem: bool = False, width: int = 64, stem_stride: int = 1
 ) -> nn.Module:
     """``resnet18`` .. ``wide_resnet101_2`` or ``timm:<model name>``."""
     if arch.startswith("timm:"):
+        if stem_stride != 1:
+            raise ValueError("stem_stride applies to byol's ResNets, not timm models")
         return TimmBackbone(arch[5:], in_chans=in_chans)
-    return ResNet(arch, in_chans=in_chans, small_stem=small_stem, width=width)
+    return ResNet(arch, in_chans=in_chans, small_stem=small_stem, width=width,
+                  stem_stride=stem_stride)

@@ -131,7 +131,8 @@ class BYOL(nn.Module):
 def build_byol(model_cfg, fuse_views: bool = True, init_target_from_online: bool = True) -> BYOL:
     """BYOL from a :class:`byol.config.ModelConfig`."""
     backbone = build_backbone(
-        model_cfg.arch, model_cfg.in_chans, model_cfg.small_stem, model_cfg.width
+        model_cfg.arch, model_cfg.in_chans, model_cfg.small_stem, model_cfg.width,
+        getattr(model_cfg, "stem_stride", 1),
     )
     return BYOL(
         backbone,
