@@ -117,15 +117,16 @@ def run_cell(args: argparse.Namespace, name: str, overrides: list[str], seed: in
 
     torch.set_num_threads(args.threads)
     out = Path(args.out) / "cells" / f"{_slug(name)}_s{seed}"
-    cfg = load_config(args.config, overrides + ([f"data.path={args.data}"] if args.data else []))
+    cfg = load_config(args.config, ["train.time_budget=", *overrides]
+                      + ([f"data.path={args.data}"] if args.data else []))
     # a cell may fix its own step count (cells of different cost at the same wall time)
     own = [o for o in overrides if o.startswith("train.total_steps=")]
     steps = (int(own[-1].split("=", 1)[1]) if own
              else args.images // (cfg.train.batch_size * cfg.train.accumulate))
-    sets = [f"train.total_steps={steps}", *overrides, f"train.seed={seed}",
+    sets = ["train.time_budget=", f"train.total_steps={steps}", *overrides, f"train.seed={seed}",
             f"train.threads={args.threads}", f"log.out_dir={out}", "log.progress=false",
             "log.tensorboard=false", f"log.save_every={10**6}", "log.knn_every=0",
-            "log.knn_every_steps=0", "train.time_budget=", "train.device=cpu"] + (
+            "log.knn_every_steps=0", "train.device=cpu"] + (
                 [f"data.path={args.data}"] if args.data else [])
     cfg = load_config(args.config, sets)
     torch.manual_seed(seed)
