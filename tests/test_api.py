@@ -12,9 +12,10 @@ from byol.errors import CheckpointError
 from byol.models import build_byol
 
 
-def _ckpt(path, small_stem: bool, width: int = 64, in_chans: int = 3):
+def _ckpt(path, small_stem: bool, width: int = 64, in_chans: int = 3, stem_stride: int = 1):
     cfg = Config()
     cfg.model.arch, cfg.model.small_stem, cfg.model.width = "resnet18", small_stem, width
+    cfg.model.stem_stride = stem_stride
     cfg.model.in_chans = in_chans
     cfg.augment.mean, cfg.augment.std = (0.5,) * in_chans, (0.25,) * in_chans
     cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = cfg.model.proj_dim = 16
@@ -24,13 +25,14 @@ def _ckpt(path, small_stem: bool, width: int = 64, in_chans: int = 3):
     return model.backbone.eval()
 
 
-@pytest.mark.parametrize("small_stem,in_chans", [(False, 3), (True, 1)])
-def test_torchvision_module_gives_byol_s_features(tmp_path, small_stem, in_chans):
-    own = _ckpt(tmp_path / "c.pt", small_stem, in_chans=in_chans)
+@pytest.mark.parametrize("small_stem,in_chans,stride", [(False, 3, 1), (True, 1, 1), (True, 3, 2)])
+def test_torchvision_module_gives_byol_s_features(tmp_path, small_stem, in_chans, stride):
+    own = _ckpt(tmp_path / "c.pt", small_stem, in_chans=in_chans, stem_stride=stride)
     net = byol.load_backbone(str(tmp_path / "c.pt"), format="torchvision")
     import torchvision
 
     assert isinstance(net, torchvision.models.ResNet) and not net.training
+    assert net.conv1.stride == own.conv1.stride == ((stride, stride) if small_stem else (2, 2))
     x = torch.rand(2, in_chans, 32, 32)
     rgb = x.expand(-1, 3, -1, -1) if in_chans == 1 else x  # gray -> three copies
     with torch.no_grad():

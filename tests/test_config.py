@@ -226,3 +226,12 @@ def test_optional_bool_rejects_non_bool(item, key):
     with pytest.raises(ConfigError) as e:
         load_config(None, [item])
     assert f"'{key}'" in str(e.value)
+
+
+def test_stem_stride_is_checked_and_names_the_key():
+    with pytest.raises(ConfigError, match="model.stem_stride.*must be 1 or 2"):
+        load_config("fmnist_quick", ["model.stem_stride=3"])
+    with pytest.raises(ConfigError, match="model.stem_stride.*model.small_stem=true"):
+        load_config("fmnist_quick", ["model.stem_stride=2", "model.small_stem=false"])
+    cfg = load_config("fmnist_cpu1h")
+    assert (cfg.model.stem_stride, cfg.model.small_stem) == (2, True)

@@ -79,10 +79,11 @@ def pretrain(data: str | None = None, out: str | None = None, *, config: str | N
     return run(cfg, resume=resume, config_header=header)
 
 
-def _small_stem(model: nn.Module, in_chans: int = 3) -> None:
-    """Give a torchvision/timm ResNet byol's small-image stem (3x3 stride-1 conv1, no max-pool)."""
+def _small_stem(model: nn.Module, in_chans: int = 3, stride: int = 1) -> None:
+    """Give a torchvision/timm ResNet byol's small-image stem (3x3 conv1 at ``stride``, no
+    max-pool)."""
     width = model.conv1.out_channels
-    model.conv1 = nn.Conv2d(in_chans, width, 3, 1, 1, bias=False)
+    model.conv1 = nn.Conv2d(in_chans, width, 3, stride, 1, bias=False)
     model.maxpool = nn.Identity()
 
 
@@ -126,7 +127,7 @@ def load_backbone(checkpoint: str, format: str = "torchvision", *,  # noqa: A002
         model = torchvision.models.get_model(info["arch"], weights=None)
         model.fc = nn.Identity()
     if info["small_stem"]:
-        _small_stem(model)
+        _small_stem(model, stride=int(info.get("stem_stride", 1)))
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     unexpected = [k for k in unexpected if not k.startswith("fc.")]

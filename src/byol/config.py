@@ -394,6 +394,11 @@ def validate(cfg: Config, where: str = "config") -> None:
     t, o, a, m = cfg.train, cfg.optim, cfg.augment, cfg.model
     if t.batch_size < 1:
         bad("train.batch_size", f"must be >= 1, got {t.batch_size}")
+    if m.stem_stride not in (1, 2):
+        bad("model.stem_stride", f"must be 1 or 2, got {m.stem_stride}")
+    if m.stem_stride == 2 and not (m.small_stem and not m.arch.startswith("timm:")):
+        bad("model.stem_stride", "2 applies to byol's ResNets with the small stem: set "
+            "model.small_stem=true (or model.stem_stride=1)")
     if t.accumulate < 1:
         bad("train.accumulate", f"must be >= 1, got {t.accumulate}")
     if t.epochs < 1:

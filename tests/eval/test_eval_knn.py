@@ -159,3 +159,21 @@ def test_file_source_features_match_in_memory(tmp_path):
     b = extract_features(bb, mem, **ekw)["pooled"]
     assert a.shape == (6, 64)
     torch.testing.assert_close(a, b)
+
+
+def test_random_baseline_of_a_stride_2_checkpoint_has_the_checkpoint_s_stem(tmp_path):
+    from byol.checkpoint import FORMAT, atomic_save
+    from byol.config import Config
+    from byol.eval.loading import load_eval_model
+    from byol.models import build_byol
+
+    cfg = Config()
+    cfg.model.arch, cfg.model.small_stem, cfg.model.width, cfg.model.stem_stride = (
+        "resnet18", True, 8, 2)
+    cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = cfg.model.proj_dim = 16
+    atomic_save({"format": FORMAT, "config": cfg.to_dict(),
+                 "model": build_byol(cfg.model).state_dict()}, tmp_path / "c.pt")
+    trained = load_eval_model(str(tmp_path / "c.pt"))
+    random = load_eval_model(str(tmp_path / "c.pt"), baseline="random", seed=0)
+    assert trained.backbone.conv1.stride == random.backbone.conv1.stride == (2, 2)
+    assert "stride2" in random.key

@@ -364,3 +364,24 @@ def test_timm_backbone_by_name():
     m = BYOL(build_backbone("timm:resnet18", in_chans=1), 32, 16, 32)
     loss, _ = m(torch.rand(4, 1, 16, 16), torch.rand(4, 1, 16, 16))
     assert torch.isfinite(loss)
+
+
+def test_stem_stride_2_halves_every_stage_with_the_same_weights():
+    from byol.models import build_backbone
+
+    torch.manual_seed(0)
+    one = build_backbone("resnet18", in_chans=1, small_stem=True, width=8).eval()
+    torch.manual_seed(0)
+    two = build_backbone("resnet18", in_chans=1, small_stem=True, width=8, stem_stride=2).eval()
+    # same parameters, same keys: only the first conv's stride differs
+    sd1, sd2 = one.state_dict(), two.state_dict()
+    assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        f1, f2 = one.forward_stages(x), two.forward_stages(x)
+    assert [tuple(v.shape[-2:]) for v in f1.values()] == [(28, 28), (28, 28), (14, 14), (7, 7), (4, 4)]
+    assert [tuple(v.shape[-2:]) for v in f2.values()] == [(14, 14), (14, 14), (7, 7), (4, 4), (2, 2)]
+    # the stride-2 stem is the stride-1 stem's output sampled at every other pixel
+    torch.testing.assert_close(two.conv1(x), one.conv1(x)[..., ::2, ::2])
+    with pytest.raises(ValueError, match="small_stem"):
+        build_backbone("resnet18", small_stem=False, stem_stride=2)

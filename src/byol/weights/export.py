@@ -81,7 +81,8 @@ def check_torchvision_compatible(info: dict[str, Any], fmt: str, force: bool) ->
     if info["arch"] not in TORCHVISION_ARCHS:
         why.append(f"arch {info['arch']} is not a torchvision ResNet")
     if info["small_stem"]:
-        why.append("it uses the small-image stem (3x3 stride-1 conv1, no max-pool)")
+        why.append(f"it uses the small-image stem (3x3 stride-{info.get('stem_stride', 1)} "
+                   "conv1, no max-pool)")
     if info["width"] != 64:
         why.append(f"its width is {info['width']} (torchvision: 64)")
     if info["in_chans"] not in (1, 3):
@@ -138,6 +139,7 @@ def to_detectron2(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
 def _meta(info: dict[str, Any], fmt: str, notes: list[str]) -> dict[str, Any]:
     return {"byol_version": __version__, "format": fmt, "arch": info["arch"],
             "in_chans": info["in_chans"], "small_stem": info["small_stem"],
+            "stem_stride": int(info.get("stem_stride", 1)),
             "width": info["width"], "source": info.get("source", ""),
             "which": info.get("which", "online"), "notes": notes}
 

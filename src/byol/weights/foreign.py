@@ -226,7 +226,8 @@ def model_info(obj: dict[str, Any], layout: str, backbone: dict[str, torch.Tenso
     if layout == "byol" and isinstance(obj.get("config"), dict):
         m = obj["config"].get("model", {})
         return {"arch": m.get("arch", "resnet50"), "in_chans": int(m.get("in_chans", 3)),
-                "small_stem": bool(m.get("small_stem", False)), "width": int(m.get("width", 64))}
+                "small_stem": bool(m.get("small_stem", False)), "width": int(m.get("width", 64)),
+                "stem_stride": int(m.get("stem_stride", 1))}
     return infer_resnet(backbone)
 
 
@@ -255,7 +256,8 @@ def backbone_from_any(path: str | os.PathLike, which: str = "online", trust: boo
     weights without a ``byol import`` step. Missing and unexpected keys are logged."""
     sd, info = backbone_state_from_any(path, which, trust)
     cfg = config_for(info)
-    bb = build_backbone(info["arch"], info["in_chans"], info["small_stem"], info["width"])
+    bb = build_backbone(info["arch"], info["in_chans"], info["small_stem"], info["width"],
+                        info.get("stem_stride", 1))
     missing, unexpected = load_state_reporting(bb, sd, str(path), strict=False)
     report_keys(str(path), missing, unexpected + info["unexpected"])
     if missing:
@@ -281,6 +283,7 @@ def config_for(info: dict[str, Any], **aug: Any):
     cfg.model.arch = info["arch"]
     cfg.model.in_chans = info["in_chans"]
     cfg.model.small_stem = info["small_stem"]
+    cfg.model.stem_stride = int(info.get("stem_stride", 1))
     cfg.model.width = info["width"]
     for k in ("proj_hidden_dim", "proj_dim", "pred_hidden_dim"):
         if info.get(k):
