@@ -200,7 +200,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..eval.report import write_report
 
     path, text = write_report(args.run_dir, out=args.out, plots=not args.no_plots,
-                              reference=not args.no_reference, extra=args.extra or ())
+                              reference=not args.no_reference, extra=args.extra or (),
+                              neighbours=args.neighbours, data=args.data,
+                              test_data=args.test_data, device=args.device)
     if args.print:
         print(text)
     print(f"wrote {path}")
@@ -347,11 +349,19 @@ def add_commands(subparsers: Any) -> None:
         "table laid out like mmselfsup's BYOL page, and plot loss / kNN curves from "
         "RUN_DIR/metrics.jsonl.", formatter_class=RAW,
         epilog="examples:\n  byol eval all --checkpoint runs/fmnist_quick/last.pt --baselines "
-        "random pixels\n  byol report runs/fmnist_quick --print\n")
+        "random pixels\n  byol report runs/fmnist_quick --print\n"
+        "  byol report runs/own --data photos/ --neighbours 8\n")
     p.add_argument("run_dir", help="run folder (with eval/*.json and/or metrics.jsonl)")
     p.add_argument("--out", help="Markdown file (default RUN_DIR/report.md)")
     p.add_argument("--extra", nargs="+", help="more result JSON files to include")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--neighbours", type=int, default=6, metavar="N",
+                   help="queries in the nearest-neighbour picture RUN_DIR/plots/neighbours.png "
+                   "(each with its top-8 training images; needs RUN_DIR/last.pt; 0: none)")
+    p.add_argument("--data", help="the training images to search (default: the run's data.path)")
+    p.add_argument("--test-data", dest="test_data",
+                   help="the query images (default: the run's test split)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--no-reference", action="store_true",
                    help="omit the published mmselfsup/paper reference rows")
     p.add_argument("--print", action="store_true", help="also print the Markdown")

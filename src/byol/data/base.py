@@ -126,6 +126,15 @@ def same_images(a: Any, b: Any) -> bool:
     return False
 
 
+def subset(src: ArraySource | FileSource, idx: torch.Tensor, what: str) -> ArraySource | FileSource:
+    """The samples ``idx`` of an in-memory or file source, as a source of the same kind."""
+    labels = src.labels[idx] if src.labels is not None else None
+    name = f"{src.name} ({what}: {len(idx)} of {len(src)})"
+    if isinstance(src, ArraySource):
+        return ArraySource(src.images[idx], labels, src.classes, name)
+    return FileSource([src.files[i] for i in idx.tolist()], labels, src.classes, name)
+
+
 def require_dir(path: str, what: str) -> Path:
     if not path:
         raise DataError(f"{what}: no path given; set data.path to the dataset folder")

@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("byol")
 
 PROTOCOLS = ("knn", "linear", "linear_aug", "mhead", "svm", "lowshot", "finetune", "detection",
              "segmentation")
@@ -280,10 +283,14 @@ def render_markdown(records: Sequence[dict[str, Any]], *, title: str = "BYOL eva
 
 def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = None,
                  plots: bool = True, reference: bool = True,
-                 extra: Sequence[str | os.PathLike] = ()) -> tuple[Path, str]:
+                 extra: Sequence[str | os.PathLike] = (), neighbours: int = 6,
+                 data: str | None = None, test_data: str | None = None,
+                 device: str = "auto") -> tuple[Path, str]:
     """Gather RUN_DIR/eval/*.json (+ ``extra`` files), draw the training plots from
-    RUN_DIR/metrics.jsonl, write the Markdown (default RUN_DIR/report.md); returns its path
-    and text."""
+    RUN_DIR/metrics.jsonl and, when RUN_DIR/last.pt exists, the nearest-neighbour picture of
+    ``neighbours`` held-out queries (0: none; ``data`` / ``test_data`` replace the data paths
+    the run recorded); write the Markdown (default RUN_DIR/report.md); returns its path and
+    text."""
     run = Path(run_dir)
     if not run.is_dir():
         raise ValueError(f"run folder '{run}' does not exist")
@@ -300,6 +307,18 @@ def write_report(run_dir: str | os.PathLike, *, out: str | os.PathLike | None = 
                        for p in plot_training(metrics, run / "plots")]
         images += [os.path.relpath(p, out_path.parent)
                    for p in sorted((run / "eval").glob("*.png"))] if (run / "eval").is_dir() else []
+        last = run / "last.pt"
+        if neighbours and last.is_file():
+            from ..errors import ByolError
+            from .neighbours import neighbour_picture
+
+            try:
+                pic = neighbour_picture(last, run / "plots" / "neighbours.png", queries=neighbours,
+                                        data=data, test_data=test_data, device=device)
+                images.append(os.path.relpath(pic["png"], out_path.parent))
+            except (ByolError, OSError) as e:
+                log.warning("nearest-neighbour picture skipped: %s (byol report --data PATH "
+                            "names the images; --neighbours 0 turns it off)", e)
     if not records and not images:
         raise ValueError(f"no evaluation results in '{run / 'eval'}' and no metrics.jsonl in "
                          f"'{run}': run `byol eval all --checkpoint ... --out-dir {run / 'eval'}`")
