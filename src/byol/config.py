@@ -26,7 +26,8 @@ class ModelConfig:
     in_chans: int = 3
     small_stem: bool = False  # 3x3 stride-1 conv, no max-pool: for 28-64 px images
     # stride of the small stem's conv: 2 halves every stage's resolution (4x less compute per
-    # image) for CPU budgets on 28-32 px images; 1 = the CIFAR-style stem of the papers
+    # image) for CPU budgets on 28-32 px images; 1 = the CIFAR-style stem of the papers. Only
+    # the small stem has it (the standard stem is always 7x7 stride 2 + max-pool).
     stem_stride: int = 1
     width: int = 64  # first-stage channels (64 = torchvision)
     proj_hidden_dim: int = 4096
@@ -396,9 +397,6 @@ def validate(cfg: Config, where: str = "config") -> None:
         bad("train.batch_size", f"must be >= 1, got {t.batch_size}")
     if m.stem_stride not in (1, 2):
         bad("model.stem_stride", f"must be 1 or 2, got {m.stem_stride}")
-    if m.stem_stride == 2 and not (m.small_stem and not m.arch.startswith("timm:")):
-        bad("model.stem_stride", "2 applies to byol's ResNets with the small stem: set "
-            "model.small_stem=true (or model.stem_stride=1)")
     if t.accumulate < 1:
         bad("train.accumulate", f"must be >= 1, got {t.accumulate}")
     if t.epochs < 1:

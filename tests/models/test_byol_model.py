@@ -383,5 +383,6 @@ def test_stem_stride_2_halves_every_stage_with_the_same_weights():
     assert [tuple(v.shape[-2:]) for v in f2.values()] == [(14, 14), (14, 14), (7, 7), (4, 4), (2, 2)]
     # the stride-2 stem is the stride-1 stem's output sampled at every other pixel
     torch.testing.assert_close(two.conv1(x), one.conv1(x)[..., ::2, ::2])
-    with pytest.raises(ValueError, match="small_stem"):
-        build_backbone("resnet18", small_stem=False, stem_stride=2)
+    with pytest.raises(ValueError, match="1 or 2"):
+        build_backbone("resnet18", small_stem=True, stem_stride=3)
+    assert build_backbone("resnet18", stem_stride=2).conv1.kernel_size == (7, 7)  # moot

@@ -40,7 +40,7 @@ class ResNet(nn.Module):
         in_chans: input channels (1 for grayscale data: no fake RGB copies are made).
         small_stem: 3x3 stride-1 first conv and no max-pool, for 28-64 px images (CIFAR-style).
         stem_stride: stride of the small stem's conv (2: every stage at half the resolution,
-            a quarter of the compute; only with ``small_stem``).
+            a quarter of the compute); ignored without ``small_stem``.
         width: channels of the first stage (64 in torchvision); the stages double it. Narrow
             networks make CPU pretraining practical.
         zero_init_residual: torchvision's option; BYOL's paper results were obtained without it.
@@ -59,8 +59,9 @@ class ResNet(nn.Module):
         if arch not in _RESNETS:
             raise ValueError(f"unknown ResNet '{arch}'; choose one of {', '.join(RESNET_NAMES)}")
         block, layers, wide = _RESNETS[arch]
-        if stem_stride not in (1, 2) or (stem_stride != 1 and not small_stem):
-            raise ValueError(f"stem_stride={stem_stride}: 1 or 2, and 2 only with small_stem")
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride={stem_stride}: 1 or 2")
+        stem_stride = stem_stride if small_stem else 1  # the standard stem has its own
         self.arch, self.in_chans, self.small_stem, self.width = arch, in_chans, small_stem, width
         self.stem_stride = stem_stride
         # Build through torchvision so the block code (and init) is exactly theirs.
@@ -187,8 +188,6 @@ def build_backbone(
 ) -> nn.Module:
     """``resnet18`` .. ``wide_resnet101_2`` or ``timm:<model name>``."""
     if arch.startswith("timm:"):
-        if stem_stride != 1:
-            raise ValueError("stem_stride applies to byol's ResNets, not timm models")
         return TimmBackbone(arch[5:], in_chans=in_chans)
     return ResNet(arch, in_chans=in_chans, small_stem=small_stem, width=width,
                   stem_stride=stem_stride)

@@ -227,7 +227,7 @@ def model_info(obj: dict[str, Any], layout: str, backbone: dict[str, torch.Tenso
         m = obj["config"].get("model", {})
         return {"arch": m.get("arch", "resnet50"), "in_chans": int(m.get("in_chans", 3)),
                 "small_stem": bool(m.get("small_stem", False)), "width": int(m.get("width", 64)),
-                "stem_stride": int(m.get("stem_stride", 1))}
+                "stem_stride": int(m.get("stem_stride", 1)) if m.get("small_stem") else 1}
     return infer_resnet(backbone)
 
 
