@@ -63,6 +63,12 @@ def test_newcomer_path_pretrain_embed_export(tmp_path, capsys, caplog):
     assert z["embeddings"].shape[0] == len(files) and np.isfinite(z["embeddings"]).all()
     assert [Path(p) for p in z["paths"]] == files  # one row per image, in path order
     assert z["labels"].tolist() == [int(f.parent.name[-1]) for f in files]
+    # the same rows as Parquet (pyarrow is in the dev extra, so CI runs this part)
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pq.read_table(run / "emb.parquet").to_pydict()
+    assert [Path(p) for p in table["path"]] == files
+    assert table["label"] == z["labels"].tolist()
+    np.testing.assert_allclose(np.array(table["embedding"]), z["embeddings"], rtol=0, atol=0)
 
     assert main(["export", str(run / "last.pt"), "--format", "safetensors", "--out",
                  str(run / "backbone.safetensors")]) == 0
