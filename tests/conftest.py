@@ -75,3 +75,23 @@ def _restore_torch_globals():
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(det, warn_only=det_warn)
+
+
+def save_gray_numpy_checkpoint(path, train_npz, val_npz=None, seed: int = 0):
+    """A byol checkpoint at ``path`` of a tiny 1-channel ResNet-18 (width 8, 16 px, small stem)
+    whose config points at ``train_npz`` (and ``val_npz``): untrained weights from ``seed``."""
+    from byol.checkpoint import FORMAT, atomic_save
+    from byol.config import Config
+    from byol.models import build_byol
+
+    cfg = Config()
+    cfg.model.arch, cfg.model.small_stem, cfg.model.width, cfg.model.in_chans = (
+        "resnet18", True, 8, 1)
+    cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = cfg.model.proj_dim = 16
+    cfg.data.source, cfg.data.path = "numpy", str(train_npz)
+    if val_npz is not None:
+        cfg.data.val_path = str(val_npz)
+    cfg.augment.image_size, cfg.augment.mean, cfg.augment.std = 16, (0.5,), (0.25,)
+    torch.manual_seed(seed)
+    atomic_save({"format": FORMAT, "config": cfg.to_dict(),
+                 "model": build_byol(cfg.model).state_dict()}, path)

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import save_gray_numpy_checkpoint
 from PIL import Image
 
 from byol.cli import main
-from byol.config import Config
-from byol.models import build_byol
 
 ROOT = Path(__file__).resolve().parents[2]
 RNG = np.random.default_rng(11)
@@ -123,16 +122,7 @@ def npz_run(tmp_path_factory):
     for name, n in (("train", 40), ("test", 20)):
         np.savez(d / f"{name}.npz", images=RNG.integers(0, 256, (n, 16, 16), dtype=np.uint8),
                  labels=np.arange(n) % 4)
-    cfg = Config()
-    cfg.model.arch, cfg.model.small_stem, cfg.model.width, cfg.model.in_chans = (
-        "resnet18", True, 8, 1)
-    cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = cfg.model.proj_dim = 16
-    cfg.data.source, cfg.data.path = "numpy", str(d / "train.npz")
-    cfg.augment.image_size, cfg.augment.mean, cfg.augment.std = 16, (0.5,), (0.25,)
-    from byol.checkpoint import FORMAT, atomic_save
-
-    atomic_save({"format": FORMAT, "config": cfg.to_dict(),
-                 "model": build_byol(cfg.model).state_dict()}, d / "last.pt")
+    save_gray_numpy_checkpoint(d / "last.pt", d / "train.npz")
     return d
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import save_gray_numpy_checkpoint
 
-from byol.checkpoint import FORMAT, atomic_save
 from byol.cli import main
-from byol.config import Config
 from byol.eval.neighbours import neighbour_picture, pick_indices
-from byol.models import build_byol
 
 RNG = np.random.default_rng(0)
 
@@ -18,18 +16,10 @@ RNG = np.random.default_rng(0)
 def _run(d, test_images=None, n=40):
     train = RNG.integers(0, 256, (n, 16, 16), dtype=np.uint8)
     np.savez(d / "train.npz", images=train, labels=np.arange(n) % 4)
-    cfg = Config()
-    cfg.model.arch, cfg.model.small_stem, cfg.model.width, cfg.model.in_chans = (
-        "resnet18", True, 8, 1)
-    cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = cfg.model.proj_dim = 16
-    cfg.data.source, cfg.data.path = "numpy", str(d / "train.npz")
-    cfg.augment.image_size, cfg.augment.mean, cfg.augment.std = 16, (0.5,), (0.25,)
     if test_images is not None:
         np.savez(d / "test.npz", images=train[test_images], labels=np.arange(n)[test_images] % 4)
-        cfg.data.val_path = str(d / "test.npz")
-    torch.manual_seed(0)
-    atomic_save({"format": FORMAT, "config": cfg.to_dict(),
-                 "model": build_byol(cfg.model).state_dict()}, d / "last.pt")
+    save_gray_numpy_checkpoint(d / "last.pt", d / "train.npz",
+                               d / "test.npz" if test_images is not None else None)
     return train
 
 
