@@ -98,7 +98,8 @@ def eval_sources(cfg, bank: int):
     """The scoring images, the same for every cell: a bank of ``bank`` train images drawn with
     seed 0 (all when 0) and every test image."""
     from byol.data import open_source
-    from byol.engine import monitor_subsets, subset_source
+    from byol.data.base import subset as subset_source
+    from byol.monitor import monitor_subsets
 
     train = open_source(cfg.data.source, cfg.data.path, cfg.data.split)
     test = open_source(cfg.data.source, cfg.data.val_path or cfg.data.path, cfg.data.val_split)

@@ -6,7 +6,7 @@ schedule, ResNet-18 width 64 small stem at 32 px, batch 256, fp32 NCHW as docume
 Both are scored the same way, on the same images: the backbone's pooled features of a seeded
 subset of the train images as the bank (``--bank``, default 5,000) and of the test images as the
 queries (``--queries``, default 2,000), weighted kNN k=20 T=0.07 (``byol.eval``), the subsets
-drawn by the engine's ``monitor_subsets`` from ``--seed`` (a width-64 ResNet-18 scores about 40
+drawn by ``byol.monitor.monitor_subsets`` from ``--seed`` (a width-64 ResNet-18 scores about 40
 images/s on one AVX2 core, so the full 70k images would cost half an hour per point). The clock
 counts training only: it stops while a point is measured. Ours measures its points with the
 engine's kNN monitor (``log.knn_bank``/``log.knn_queries`` set to the same sizes, same seed); the
@@ -38,7 +38,8 @@ def _append(out: Path, row: dict) -> None:
 
 
 def _subsets(train, test, args: argparse.Namespace):
-    from byol.engine import monitor_subsets, subset_source
+    from byol.data.base import subset as subset_source
+    from byol.monitor import monitor_subsets
 
     bi, qi = monitor_subsets(len(train), len(test), args.bank, args.queries, args.seed, False)
     return subset_source(train, bi, "bank"), subset_source(test, qi, "queries")

@@ -8,12 +8,14 @@ import pytest
 import torch
 from conftest import tiny_byol, tiny_config
 
-from byol import engine
+from byol import budget, engine, monitor
 from byol.augment import BYOLAugment
+from byol.budget import budget_steps
 from byol.checkpoint import load_checkpoint
 from byol.config import ConfigError, load_config, parse_duration
-from byol.engine import Trainer, budget_steps, monitor_subsets
+from byol.engine import Trainer
 from byol.models.byol import regression_loss
+from byol.monitor import monitor_subsets
 from byol.optim import LARS, build_optimizer, set_lr, split_decay_groups
 
 # ---------------------------------------------------------------------------------------------
@@ -119,8 +121,8 @@ def test_time_budget_fixes_the_step_count_and_stores_it(tmp_path, monkeypatch):
     t = Trainer(cfg)
     assert not t.budget_fixed
     res = t.train()
-    want = budget_steps(engine.BUDGET_PROBE[1], 2.0, 40.0, 1.0)
-    assert res["steps"] == res["total_steps"] == want == engine.BUDGET_PROBE[1] + 36
+    want = budget_steps(budget.BUDGET_PROBE[1], 2.0, 40.0, 1.0)
+    assert res["steps"] == res["total_steps"] == want == budget.BUDGET_PROBE[1] + 36
     ck = load_checkpoint(tmp_path / "last.pt")
     assert ck["schedule"]["total_steps"] == want and ck["schedule"]["budget_fixed"]
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -135,13 +137,13 @@ def test_time_budget_resume_ends_at_the_same_step_bitwise(tmp_path, monkeypatch)
     det = {"train.deterministic": True, "train.time_budget": "40s", "log.save_every": 100}
     _fixed_rate(monkeypatch)
     Trainer(tiny_config(tmp_path / "a", **det)).train()
-    stop = engine.BUDGET_PROBE[1] + 7  # stopped after the count was fixed
+    stop = budget.BUDGET_PROBE[1] + 7  # stopped after the count was fixed
     Trainer(tiny_config(tmp_path / "b", **det, **{"train.max_steps": stop})).train()
     assert load_checkpoint(tmp_path / "b" / "last.pt")["step"] == stop
     _fixed_rate(monkeypatch, steps_per_s=50.0)  # a faster machine must not change the count
     Trainer(tiny_config(tmp_path / "b", **det), resume=str(tmp_path / "b")).train()
     a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
-    assert a["step"] == b["step"] == engine.BUDGET_PROBE[1] + 36
+    assert a["step"] == b["step"] == budget.BUDGET_PROBE[1] + 36
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
 
@@ -171,7 +173,7 @@ def test_monitor_never_queries_training_images_of_the_same_split(tmp_path):
                                    "log.knn_bank": 40, "log.knn_queries": 16, "log.knn_k": 5})
     t = Trainer(cfg)
     t.train()
-    idx = t.monitor_indices
+    idx = t.monitor.indices
     assert idx["same_images"] and len(idx["bank"]) == 40 and len(idx["queries"]) == 16
     assert not set(idx["bank"].tolist()) & set(idx["queries"].tolist())
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -253,14 +255,14 @@ def test_total_steps_sets_the_schedule_length(tmp_path):
 def test_monitor_verdict_compares_the_last_point_with_the_init_point():
     rows = [{"step": 0, "knn_top1_k20": 70.0}, {"step": 5, "loss": 1.0},
             {"step": 10, "knn_top1_k20": 74.5}, {"step": 20, "knn_top1_k20": 76.25}]
-    assert engine.monitor_verdict(rows, 20) == {"init": 70.0, "final": 76.25, "gain": 6.25, "step": 20}
-    assert engine.monitor_verdict(rows[1:], 20) is None  # no point at init (a resumed run's tail)
-    assert engine.monitor_verdict(rows[:1], 20) is None  # no point after it
-    assert engine.monitor_verdict(rows, 5) is None  # another k
+    assert monitor.monitor_verdict(rows, 20) == {"init": 70.0, "final": 76.25, "gain": 6.25, "step": 20}
+    assert monitor.monitor_verdict(rows[1:], 20) is None  # no point at init (a resumed run's tail)
+    assert monitor.monitor_verdict(rows[:1], 20) is None  # no point after it
+    assert monitor.monitor_verdict(rows, 5) is None  # another k
 
 
 def test_a_run_that_did_not_help_says_so(tmp_path, caplog, monkeypatch):
-    monkeypatch.setattr(engine, "HELPED_MARGIN", 1000.0)  # no tiny run gains 1000 points
+    monkeypatch.setattr(monitor, "HELPED_MARGIN", 1000.0)  # no tiny run gains 1000 points
     cfg = tiny_config(tmp_path, **{"log.knn_every_steps": 4, "log.knn_bank": 40,
                                    "log.knn_queries": 16, "log.knn_k": 5})
     with caplog.at_level("INFO", logger="byol"):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import tiny_config, tiny_overrides
 
-from byol import engine
+from byol import engine, runfolder
 from byol.checkpoint import FORMAT, CheckpointError, atomic_save, load_checkpoint
 from byol.cli import main as cli_main
 from byol.engine import Trainer, TrainingError
@@ -209,7 +209,7 @@ def test_metrics_write_failure_warns_and_training_goes_on(tmp_path, monkeypatch,
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return open(path, *a, **kw)
 
-    monkeypatch.setattr(engine, "open", no_space_for_metrics, raising=False)
+    monkeypatch.setattr(runfolder, "open", no_space_for_metrics, raising=False)
     with caplog.at_level(logging.WARNING, logger="byol"):
         result = Trainer(tiny_config(tmp_path, **{"train.max_steps": 4})).train()
     assert result["steps"] == 4

@@ -34,7 +34,7 @@ def _apply(fault: dict | None) -> None:
         return
     import torch
 
-    from byol import engine
+    from byol import engine, runfolder
 
     kind = fault["type"]
     if kind == "signal":
@@ -50,7 +50,7 @@ def _apply(fault: dict | None) -> None:
         engine.Trainer.train_step = train_step
         return
     if kind == "kill_in_link":
-        link, n, calls = engine._link_or_copy, int(fault["save"]), [0]
+        link, n, calls = runfolder._link_or_copy, int(fault["save"]), [0]
 
         def link_or_copy(path, last):
             calls[0] += 1
@@ -58,7 +58,7 @@ def _apply(fault: dict | None) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             return link(path, last)
 
-        engine._link_or_copy = link_or_copy
+        runfolder._link_or_copy = link_or_copy
         return
     save, n, calls = torch.save, int(fault["save"]), [0]
 

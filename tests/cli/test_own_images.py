@@ -104,7 +104,7 @@ def test_monitor_never_queries_its_bank_on_one_set(tmp_path):
             "data.num_workers=0", f"log.out_dir={tmp_path / 'run'}"]
     t = Trainer(auto_config(str(tmp_path / "d"), device="cpu", overrides=over).config)
     t.train()
-    idx = t.monitor_indices
+    idx = t.monitor.indices
     assert idx["same_images"] and len(idx["queries"]) > 0
     assert not set(idx["bank"].tolist()) & set(idx["queries"].tolist())
     # a separate test set: queries come from it, the bank from all training images
@@ -113,7 +113,7 @@ def test_monitor_never_queries_its_bank_on_one_set(tmp_path):
     t = Trainer(auto_config(str(tmp_path / "d"), test_data=str(tmp_path / "t"), device="cpu",
                             overrides=over).config)
     t.train()
-    assert not t.monitor_indices["same_images"] and len(t.monitor_indices["bank"]) == 30
+    assert not t.monitor.indices["same_images"] and len(t.monitor.indices["bank"]) == 30
 
 
 @pytest.fixture(scope="module")

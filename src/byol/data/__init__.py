@@ -2,7 +2,8 @@
 
 :mod:`.base` (the two source types), :mod:`.folders`, :mod:`.formats`, :mod:`.synthetic` and
 :mod:`.sources` (``open_source``, which reader for which source); the public names are
-re-exported here so callers can write ``from byol.data import open_source``.
+re-exported here so callers can write ``from byol.data import open_source``. The pretraining
+feeders (:mod:`.feeders`) are imported from their module by the engine and the kNN monitor.
 """
 
 from ..errors import DataError

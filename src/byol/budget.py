@@ -1,0 +1,54 @@
+"""``train.time_budget``: a wall-clock budget turned into an optimiser step count.
+
+The run measures its step rate over a probe window (:class:`RateProbe`), then fixes its total
+step count once (:func:`budget_steps`); from then on the learning rate and tau schedules end
+there, and a resumed run keeps that count whatever its machine's speed.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+# The rate is measured over optimiser steps BUDGET_PROBE[0]..BUDGET_PROBE[1] of a session (the
+# first steps pay for allocations and kernel selection: on a 2-core CPU steps 3-23 ran 17% slower
+# than the rest of the run, which then ended a fifth of its budget early), and a margin is kept
+# for the checkpoint saves and the end of the run.
+BUDGET_PROBE = (10, 50)
+BUDGET_MARGIN = 0.97
+
+
+def budget_steps(done: int, elapsed_s: float, budget_s: float, steps_per_s: float,
+                 monitor_s: float = 0.0, monitor_every: int = 0, margin: float = BUDGET_MARGIN) -> int:
+    """Total optimiser steps of a run with a wall-clock budget: the ``done`` steps plus as many
+    as fit into what is left of ``budget_s`` at ``steps_per_s``, with ``margin`` of it kept in
+    reserve and the kNN monitor's ``monitor_s`` every ``monitor_every`` steps paid for. At least
+    ``done + 1``."""
+    left = max(budget_s - elapsed_s, 0.0) * margin
+    per_step = 1.0 / steps_per_s + (monitor_s / monitor_every if monitor_every else 0.0)
+    return max(done + 1, done + int(left / per_step + 1e-9))
+
+
+class RateProbe:
+    """Optimiser steps per second between steps ``first + BUDGET_PROBE[0]`` and
+    ``first + BUDGET_PROBE[1]`` of a session that starts at step ``first``."""
+
+    def __init__(self, first: int, device: torch.device) -> None:
+        self.start, self.end = first + BUDGET_PROBE[0], first + BUDGET_PROBE[1]
+        self.device = device
+        self.marks: list[tuple[int, float]] = []
+
+    def mark(self, step: int) -> bool:
+        """Note the time after optimiser step ``step`` if it bounds the window (waiting for the
+        device's queue first); True once the window is complete."""
+        if step not in (self.start, self.end):
+            return False
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.marks.append((step, time.perf_counter()))
+        return step == self.end
+
+    def rate(self) -> float:
+        (s0, t0), (s1, t1) = self.marks
+        return (s1 - s0) / max(t1 - t0, 1e-9)
