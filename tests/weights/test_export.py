@@ -190,3 +190,27 @@ def test_unsafe_pickle_needs_trust(tmp_path):
         import_checkpoint(tmp_path / "m.pth", tmp_path / "o.pt")
     rep = import_checkpoint(tmp_path / "m.pth", tmp_path / "o.pt", trust=True)
     assert rep["layout"] == "torchvision" and rep["arch"] == "resnet18"
+
+
+def test_safetensors_export_keeps_the_stride_2_stem(tmp_path):
+    # the stride is not in the tensors' shapes: evaluating the exported file must rebuild it
+    from byol.checkpoint import FORMAT, atomic_save
+    from byol.config import Config
+    from byol.eval.loading import load_eval_model
+    from byol.models import build_byol
+    from byol.weights.export import export_checkpoint
+
+    cfg = Config()
+    cfg.model.arch, cfg.model.small_stem, cfg.model.width, cfg.model.stem_stride = (
+        "resnet10", True, 8, 2)
+    cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = cfg.model.proj_dim = 16
+    torch.manual_seed(0)
+    model = build_byol(cfg.model)
+    atomic_save({"format": FORMAT, "config": cfg.to_dict(), "model": model.state_dict()},
+                tmp_path / "c.pt")
+    export_checkpoint(tmp_path / "c.pt", tmp_path / "b.safetensors", "safetensors")
+    ev = load_eval_model(str(tmp_path / "b.safetensors"))
+    assert ev.backbone.conv1.stride == (2, 2) and ev.config.model.stem_stride == 2
+    x = torch.rand(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(ev.backbone.eval()(x), model.backbone.eval()(x))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..data.base import same_images, subset
-from ..errors import EvalError
+from ..errors import ByolError, EvalError
 
 log = logging.getLogger("byol")
 
@@ -55,7 +55,7 @@ def _open_splits(cfg, data: str | None, test_data: str | None):
     try:
         test = open_source(d.source, d.val_path or path, d.val_split,
                            split_option="data.val_split", **kw)
-    except Exception as e:  # noqa: BLE001 - no test split: queries come from held-out train images
+    except ByolError as e:  # no test split: queries come from held-out train images
         log.info("neighbour picture: no test split (%s); queries are training images held out "
                  "of the bank", e)
         return train, train, True

@@ -247,6 +247,12 @@ def backbone_state_from_any(
         raise CheckpointError(f"'{path}' ({layout}) has no {which} backbone weights")
     bb = fill_bn_counters(groups[key])
     info = model_info(obj, layout, bb)
+    if Path(path).suffix == ".safetensors" and info.get("small_stem"):
+        # the stem's stride is not in the weights' shapes: byol's export writes it as metadata
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            info["stem_stride"] = int((f.metadata() or {}).get("stem_stride", 1))
     info.update(layout=layout, unexpected=unexpected, source=str(path), which=which)
     return bb, info
 
