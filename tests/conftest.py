@@ -95,3 +95,12 @@ def save_gray_numpy_checkpoint(path, train_npz, val_npz=None, seed: int = 0):
     torch.manual_seed(seed)
     atomic_save({"format": FORMAT, "config": cfg.to_dict(),
                  "model": build_byol(cfg.model).state_dict()}, path)
+
+
+def tiny_set_args(out_dir, **extra) -> list[str]:
+    """``tiny_overrides`` (one optimiser step unless ``extra`` says otherwise) as CLI ``--set``
+    arguments."""
+    args: list[str] = []
+    for item in tiny_overrides(out_dir, **{"train.max_steps": 1, **extra}):
+        args += ["--set", item]
+    return args

@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config, tiny_overrides
+from conftest import tiny_set_args as _tiny
 from PIL import Image
 
 from byol.checkpoint import FORMAT, atomic_save, load_checkpoint
@@ -53,13 +54,6 @@ def _sets(items: dict) -> list[str]:
     for k, v in items.items():
         out += ["--set", f"{k}={v}"]
     return out
-
-
-def _tiny(out: Path, **extra) -> list[str]:
-    args = []
-    for item in tiny_overrides(out, **{"train.max_steps": 1, **extra}):
-        args += ["--set", item]
-    return args
 
 
 @dataclass

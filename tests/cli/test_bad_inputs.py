@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config, tiny_overrides
+from conftest import tiny_config
+from conftest import tiny_set_args as _tiny
 from PIL import Image
 
 from byol.checkpoint import FORMAT, atomic_save
@@ -105,13 +106,6 @@ def _make_files(root: Path) -> dict[str, Path]:
     f["no_ckpt_dir"] = root / "no_ckpt_dir"
     f["no_ckpt_dir"].mkdir()
     return f
-
-
-def _tiny(out: Path, **extra) -> list[str]:
-    args = []
-    for item in tiny_overrides(out, **{"train.max_steps": 1, **extra}):
-        args += ["--set", item]
-    return args
 
 
 def _cases(root: Path, f: dict[str, Path]) -> dict[str, tuple[list[str], list[str]]]:
