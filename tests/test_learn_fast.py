@@ -148,6 +148,74 @@ def test_time_budget_resume_ends_at_the_same_step_bitwise(tmp_path, monkeypatch)
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+def test_recheck_window_sits_in_the_first_part_of_the_run():
+    p1 = budget.BUDGET_PROBE[1]
+    # 15% of a 4,000-step run: steps 300-600, the second half of the steps before it
+    assert budget.recheck_window(0, 4000) == (300, 600)
+    # a resumed session counts from its first step; never sooner than 2 x the first probe's end
+    assert budget.recheck_window(1000, 1400) == (1000 + p1, 1000 + 2 * p1)
+    # too short a run for a second look
+    assert budget.recheck_window(0, 4 * p1 - 1) is None
+
+
+def test_rate_probe_leaves_out_paused_seconds(monkeypatch):
+    clock = iter([10.0, 30.0])
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: next(clock))
+    probe = budget.RateProbe(0, torch.device("cpu"), (100, 200))
+    assert not probe.mark(150, paused_s=0.0)  # not a bound of the window: no time read
+    assert not probe.mark(100, paused_s=1.0)
+    assert probe.mark(200, paused_s=11.0)  # 20 s between the marks, 10 of them in the monitor
+    assert probe.rate() == pytest.approx(100 / 10.0)
+
+
+def _two_rates(monkeypatch, first=(1.0, 2.0), second=(0.5, 100.0)):
+    """The probe reads ``first`` (steps/s, elapsed s); the re-check reads ``second``."""
+    seen = []
+
+    def inputs(self):
+        seen.append(self.state.step)
+        return first if len(seen) == 1 else second
+
+    monkeypatch.setattr(Trainer, "_budget_inputs", inputs)
+    return seen
+
+
+def test_time_budget_is_checked_again_later_and_the_second_count_holds(tmp_path, monkeypatch):
+    # probe: 1 step/s, 2 s spent at step 50 of a 200-s budget -> 50 + int(198 * 0.97) = 242 steps;
+    # re-check over steps 50-100 (2 x the probe's end, past 15% of 242): 0.5 steps/s, 100 s spent
+    # -> 100 + int(100 * 0.97 * 0.5) = 148 steps, where the run ends
+    seen = _two_rates(monkeypatch)
+    cfg = tiny_config(tmp_path, **{"train.time_budget": "200s", "train.epochs": 1,
+                                   "log.save_every": 1000})
+    res = Trainer(cfg).train()
+    p1 = budget.BUDGET_PROBE[1]
+    assert seen == [p1, 2 * p1]
+    first, final = budget_steps(p1, 2.0, 200.0, 1.0), budget_steps(2 * p1, 100.0, 200.0, 0.5)
+    assert (first, final) == (242, 148)
+    assert res["steps"] == res["total_steps"] == final
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["budget_total_steps"] for r in rows if "budget_total_steps" in r] == [first, final]
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck["schedule"]["total_steps"] == final and ck["schedule"]["budget_final"]
+
+
+def test_time_budget_resume_after_the_recheck_is_bitwise(tmp_path, monkeypatch):
+    det = {"train.deterministic": True, "train.time_budget": "200s", "train.epochs": 1,
+           "log.save_every": 1000}
+    _two_rates(monkeypatch)
+    Trainer(tiny_config(tmp_path / "a", **det)).train()
+    _two_rates(monkeypatch)
+    stop = 2 * budget.BUDGET_PROBE[1] + 5  # stopped after the re-check
+    Trainer(tiny_config(tmp_path / "b", **det, **{"train.max_steps": stop})).train()
+    seen = _two_rates(monkeypatch, first=(50.0, 1.0), second=(50.0, 1.0))
+    Trainer(tiny_config(tmp_path / "b", **det), resume=str(tmp_path / "b")).train()
+    assert seen == []  # the stored count is final: no new measurement
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["step"] == b["step"] == 148
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
 def test_no_budget_keeps_the_epochs_schedule(tmp_path):
     t = Trainer(tiny_config(tmp_path))
     assert t.budget_fixed and t.total_steps == 8 and t.num_epochs == 2

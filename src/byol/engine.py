@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import distributed as du
-from .budget import BUDGET_PROBE, RateProbe, budget_steps
+from .budget import BUDGET_PROBE, RateProbe, budget_steps, recheck_window
 from .checkpoint import FORMAT, load_state_reporting
 from .config import Config, dump_yaml, parse_duration
 from .data.feeders import build_feeder, epoch_permutation, slot_indices
@@ -135,6 +135,7 @@ class Trainer:
         self.monitor = KnnMonitor(cfg, self.device, self.dist.is_main)
         self._t0: float | None = None  # perf_counter when this session's loop started
         self._rate: RateProbe | None = None  # train.time_budget's step rate, this session
+        self._session_first = 0  # the step this session's loop started at
 
     # -- building --------------------------------------------------------------------------
 
@@ -175,12 +176,15 @@ class Trainer:
         """The run's length: total optimiser steps, epochs and warmup, from train.epochs or
         train.total_steps; with train.time_budget the count is fixed after BUDGET_PROBE[1]
         steps (until then the epochs-based count shapes the schedules and the run may go on
-        past it)."""
+        past it) and checked once more over budget.recheck_window."""
         t = self.cfg.train
         self.total_steps = t.total_steps or self.steps_per_epoch * t.epochs
         self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
         self.time_budget_s = parse_duration(t.time_budget)
         self.budget_fixed = not self.time_budget_s
+        # the count is checked once more later in the session (budget.recheck_window): final
+        # after that, or when there is no budget, or once restored from a checkpoint
+        self.budget_final = self.budget_fixed
         if not self.budget_fixed:
             self.num_epochs = 10**9
         self.warmup_steps = round(self.cfg.optim.warmup_epochs * self.steps_per_epoch)
@@ -239,6 +243,7 @@ class Trainer:
             "elapsed_s": self.state.elapsed_s + self._session_elapsed(),
             "schedule": {"total_steps": self.total_steps, "num_epochs": self.num_epochs,
                          "budget_fixed": self.budget_fixed,
+                         "budget_final": self.budget_final,
                          "time_budget_s": self.time_budget_s},
             "rng": {"torch": torch.get_rng_state()},
             "world_size": self.dist.world_size,
@@ -298,7 +303,7 @@ class Trainer:
                 # the budgeted run ends at the step count it chose, whatever this machine's speed
                 self.total_steps = int(sched["total_steps"])
                 self.num_epochs = int(sched["num_epochs"])
-                self.budget_fixed = True
+                self.budget_fixed = self.budget_final = True
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
             raise TrainingError(
                 f"'{path}': its optimiser/run state does not fit this run ({type(e).__name__}: "
@@ -339,7 +344,7 @@ class Trainer:
 
     def _fix_budget(self) -> None:
         """Fix the total step count from the measured rate (train.time_budget), the same on
-        every process (rank 0 decides)."""
+        every process (rank 0 decides); the first time, plan the re-check of the count."""
         rate, elapsed = self._budget_inputs()
         lg = self.cfg.log
         total = budget_steps(self.state.step, elapsed, self.time_budget_s, rate,
@@ -348,14 +353,22 @@ class Trainer:
             t = torch.tensor([total], device=self.device, dtype=torch.int64)
             torch.distributed.broadcast(t, 0)
             total = int(t.item())
+        first, probe = not self.budget_fixed, self._rate
         self.total_steps = total
         self.num_epochs = -(-total // self.steps_per_epoch)
         self.budget_fixed = True
+        window = recheck_window(self._session_first, total) if first else None
+        if window is None:
+            self.budget_final = True
+        else:
+            self._rate = RateProbe(self._session_first, self.device, window)
         if self.dist.is_main:
-            log.info("time budget %s: %.2f steps/s (%.0f images/s) over steps %d-%d, %.0f s spent "
-                     "-> %d optimiser steps in all (%.2f epochs); the lr and tau schedules end there",
-                     self.cfg.train.time_budget, rate, rate * self.global_batch, self._rate.start,
-                     self._rate.end, elapsed, total, total / self.steps_per_epoch)
+            log.info("time budget %s%s: %.2f steps/s (%.0f images/s) over steps %d-%d, %.0f s spent "
+                     "-> %d optimiser steps in all (%.2f epochs); the lr and tau schedules end there%s",
+                     self.cfg.train.time_budget, "" if first else " (re-check)", rate,
+                     rate * self.global_batch, probe.start, probe.end, elapsed, total,
+                     total / self.steps_per_epoch,
+                     f"; checked again over steps {window[0]}-{window[1]}" if window else "")
             self._record({"step": self.state.step, "budget_total_steps": total,
                           "budget_steps_per_s": rate})
 
@@ -485,6 +498,7 @@ class Trainer:
     def _loop(self) -> dict[str, Any]:
         """Epochs until the stop step (or a signal); the run's summary."""
         self.model.train()
+        self._session_first = self.state.step
         self._rate = RateProbe(self.state.step, self.device)
         self._loss_sum = torch.zeros((), device=self.device)
         win = _LogWindow(self._loss_sum, time.perf_counter(), self.state.step)
@@ -563,7 +577,7 @@ class Trainer:
     def _after_step(self, epoch: int, where: float, bar) -> None:
         """After an optimiser step: the time budget's probe (and fixing the step count at its
         end), the kNN monitor every log.knn_every_steps."""
-        if not self.budget_fixed and self._rate.mark(self.state.step):
+        if not self.budget_final and self._rate.mark(self.state.step, self.monitor.total):
             self._fix_budget()
             bar.set_description(f"epoch {epoch + 1}/{self.num_epochs}")
         every = self.cfg.log.knn_every_steps
