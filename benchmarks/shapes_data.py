@@ -1,13 +1,17 @@
-"""Procedural RGB shapes-and-textures dataset with known classes (data of another kind than
-Fashion-MNIST, for checking that a recipe is not fitted to one dataset).
+"""Procedural RGB datasets with known classes (data of another kind than Fashion-MNIST, for
+checking that a recipe is not fitted to one dataset): shapes (the default) or textures.
 
-Ten classes = five shapes (disk, square, triangle, cross, ring) x two fills (solid, striped),
+Shapes: ten classes = five shapes (disk, square, triangle, cross, ring) x two fills (solid, striped),
 drawn at a random position, size, rotation and colour on a noisy, shaded background of another
 random colour, rendered at 2x and averaged down to ``--size`` px. Deterministic given the seed;
 train and test use disjoint seeds. Writes OUT/train.npz and OUT/test.npz with ``images``
 (uint8 [N, H, W, 3]), ``labels`` (int64 [N]) and ``classes``.
 
     python benchmarks/shapes_data.py --out data/shapes --train 20000 --test 5000 --size 32
+
+Textures (``--kind textures``): ten classes = ten texture families (stripes, checker, dots,
+rings, waves, crosshatch, blobs, grain, spiral, bricks) filling the whole image at a random
+frequency, rotation and offset in two random colours, shaded and noisy.
 """
 
 from __future__ import annotations
@@ -79,6 +83,81 @@ def make_shapes(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> tup
     return images, labels.astype(np.int64)
 
 
+TEXTURES = ("stripes", "checker", "dots", "rings", "waves", "crosshatch", "blobs", "grain",
+            "spiral", "bricks")
+
+
+def _pattern(kind: str, x: np.ndarray, y: np.ndarray, f: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A [b, H, W] pattern in [0, 1] of texture ``kind`` on rotated coordinates x, y (image
+    half-width = 1) at frequency ``f`` (cycles per unit, [b, 1, 1])."""
+    two_pi = 2 * np.pi
+    if kind == "stripes":
+        return (np.sin(two_pi * f * x) > 0).astype(float)
+    if kind == "checker":
+        return ((np.sin(two_pi * f * x) > 0) ^ (np.sin(two_pi * f * y) > 0)).astype(float)
+    if kind == "dots":
+        u, v = (x * f) % 1 - 0.5, (y * f) % 1 - 0.5
+        return (u**2 + v**2 < 0.09).astype(float)
+    if kind == "rings":
+        return (np.sin(two_pi * f * np.sqrt(x**2 + y**2)) > 0).astype(float)
+    if kind == "waves":
+        return (np.sin(two_pi * f * (y + 0.15 * np.sin(two_pi * f * 0.5 * x))) > 0).astype(float)
+    if kind == "crosshatch":
+        a, b = np.sin(two_pi * f * (x + y) / np.sqrt(2)), np.sin(two_pi * f * (x - y) / np.sqrt(2))
+        return ((abs(a) > 0.8) | (abs(b) > 0.8)).astype(float)
+    if kind == "blobs":  # smooth low-frequency noise, thresholded
+        acc = np.zeros_like(x)
+        for _ in range(4):
+            k = rng.normal(0, 1, (x.shape[0], 1, 1, 2)) * f[..., None] * 0.6
+            ph = rng.uniform(0, two_pi, (x.shape[0], 1, 1))
+            acc += np.sin(two_pi * (k[..., 0] * x + k[..., 1] * y) + ph)
+        return (acc > 0).astype(float)
+    if kind == "grain":  # fine random speckle
+        return (rng.uniform(0, 1, x.shape) > 0.5).astype(float)
+    if kind == "spiral":
+        r, t = np.sqrt(x**2 + y**2), np.arctan2(y, x)
+        return (np.sin(two_pi * f * r + 3 * t) > 0).astype(float)
+    # bricks: rows of offset rectangles
+    row = np.floor(y * f)
+    u = (x * f * 0.5 + 0.5 * (row % 2)) % 1
+    v = (y * f) % 1
+    return ((u > 0.08) & (v > 0.15)).astype(float)
+
+
+def make_textures(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images uint8 [n, size, size, 3] filled with one of ten texture families (the class)
+    at a random frequency, rotation, offset and two random colours, with shading and noise."""
+    rng = np.random.default_rng(seed)
+    images = np.empty((n, size, size, 3), np.uint8)
+    labels = rng.integers(0, len(TEXTURES), n)
+    hi = 2 * size
+    g = (np.arange(hi) + 0.5) / hi * 2 - 1
+    gy, gx = np.meshgrid(g, g, indexing="ij")
+    for start in range(0, n, batch):
+        lab = labels[start : start + batch]
+        b = len(lab)
+        ang = rng.uniform(0, 2 * np.pi, (b, 1, 1))
+        off = rng.uniform(-1, 1, (2, b, 1, 1))
+        x0, y0 = gx[None] - off[0], gy[None] - off[1]
+        x = x0 * np.cos(ang) + y0 * np.sin(ang)
+        y = -x0 * np.sin(ang) + y0 * np.cos(ang)
+        f = rng.uniform(1.5, 3.0, (b, 1, 1))
+        pat = np.zeros((b, hi, hi))
+        for k, kind in enumerate(TEXTURES):
+            sel = lab == k
+            if sel.any():
+                pat[sel] = _pattern(kind, x[sel], y[sel], f[sel], rng)
+        c1, c2 = rng.uniform(0, 1, (2, b, 1, 1, 3))
+        shade = 1 + rng.uniform(-0.3, 0.3, (b, 1, 1, 1)) * gx[None, ..., None]
+        img = (c1 + (c2 - c1) * pat[..., None]) * shade + rng.normal(0, 0.05, (b, hi, hi, 3))
+        img = img.reshape(b, size, 2, size, 2, 3).mean(axis=(2, 4))
+        images[start : start + b] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+    return images, labels.astype(np.int64)
+
+
+KINDS = {"shapes": (make_shapes, CLASSES), "textures": (make_textures, TEXTURES)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="data/shapes")
@@ -86,13 +165,16 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=5000)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--kind", choices=sorted(KINDS), default="shapes",
+                    help="shapes: an object on a background; textures: the whole image is one texture")
     args = ap.parse_args()
+    make, classes = KINDS[args.kind]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for split, n, seed in (("train", args.train, args.seed), ("test", args.test, args.seed + 10**6)):
-        x, y = make_shapes(n, args.size, seed)
-        np.savez(out / f"{split}.npz", images=x, labels=y, classes=np.array(CLASSES))
-        print(f"{out / split}.npz: {n} images {args.size}x{args.size}x3, {len(CLASSES)} classes")
+        x, y = make(n, args.size, seed)
+        np.savez(out / f"{split}.npz", images=x, labels=y, classes=np.array(classes))
+        print(f"{out / split}.npz: {n} {args.kind} images {args.size}x{args.size}x3, {len(classes)} classes")
 
 
 if __name__ == "__main__":
