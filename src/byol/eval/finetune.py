@@ -22,13 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EvalError
-from .features import (
-    autocast_context,
-    extract_features,
-    resolve_device,
-    source_labels,
+from .features import autocast_context, resolve_device, source_labels
+from .linear import (
+    _feature_dim,
+    _generators,
+    _linear_head,
+    _test_pooled,
+    augmented_batches,
+    cosine_lr,
 )
-from .linear import _generators, augmented_batches, cosine_lr, topk_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +102,12 @@ def finetune(
     if lr is None:
         lr = 0.05 * bs / 256
     net = copy.deepcopy(backbone) if copy_backbone else backbone
-    dim = getattr(net, "num_features", 0)
-    if not dim:
-        raise EvalError("the backbone does not report num_features; cannot size the classifier")
+    dim = _feature_dim(net, "classifier")
     net.to(dev).train()
     for p in net.parameters():
         p.requires_grad_(True)
     gen, dev_gen = _generators(seed, dev)
-    head = nn.Linear(dim, c)
-    nn.init.normal_(head.weight, 0, 0.01, generator=gen)  # seeded: reruns give the same numbers
-    nn.init.zeros_(head.bias)
-    head.to(dev)
+    head = _linear_head(dim, c, gen, dev)
     opt = torch.optim.SGD(
         [{"params": net.parameters(), "lr_mult": 1.0},
          {"params": head.parameters(), "lr_mult": head_lr_mult}],
@@ -143,11 +140,9 @@ def finetune(
         if progress:
             log.info("fine-tune %s epoch %d/%d loss %.4f", fraction_name(fraction), epoch + 1,
                      epochs, running / max(1, seen))
-    feats = extract_features(net, test_source, image_size=image_size, mean=mean, std=std,
-                             device=dev, precision=precision, progress=progress,
-                             num_workers=num_workers)["pooled"]
-    with torch.no_grad():
-        res = topk_accuracy(head(feats.to(dev)), yte)
+    res = _test_pooled(net, head, test_source, yte, image_size=image_size, mean=mean, std=std,
+                       device=dev, precision=precision, progress=progress,
+                       num_workers=num_workers)
     return {**res, "fraction": fraction, "num_train": len(idx), "epochs": epochs, "lr": lr,
             "wall_s": time.perf_counter() - t0}
 
