@@ -17,6 +17,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..eval.report import make_record
 from .datasets import TransferError
 
 log = logging.getLogger("byol.transfer")
@@ -259,6 +260,27 @@ def train_iterations(model: nn.Module, train: torch.utils.data.Dataset, settings
 
 # ---------------------------------------------------------------------------------------------
 # records
+
+
+def save_finetuned(path: str, fmt: str, settings: Mapping[str, Any], model: nn.Module,
+                   **meta: Any) -> None:
+    """The fine-tuned model as {"format", "settings", **meta, "model"} (``--save``)."""
+    from ..checkpoint import atomic_save
+
+    atomic_save({"format": fmt, "settings": settings, **meta, "model": model.state_dict()}, path)
+
+
+def transfer_record(task: str, model_spec: Any, results: dict[str, Any], hist: Mapping[str, Any],
+                    *, settings: dict[str, Any], data_info: dict | None, t0: float, t1: float,
+                    **more: Any) -> dict[str, Any]:
+    """The evaluation record of a transfer run started at ``t0`` and evaluated from ``t1``:
+    ``results`` plus the training losses and times (and ``more``)."""
+    results.update(final_loss=hist["final_loss"], first_loss=hist["losses"][0],
+                   train_s=hist["train_s"], eval_s=time.perf_counter() - t1, **more)
+    return make_record(
+        task, model_spec.label, results, checkpoint=model_spec.checkpoint,
+        arch=model_spec.arch, data=data_info or {}, settings=settings,
+        wall_s=time.perf_counter() - t0)
 
 
 def pct(d: Mapping[str, Any]) -> dict[str, Any]:

@@ -39,15 +39,16 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ..eval.report import make_record
 from .common import (
     default_workers,
     list_collate,
     pct,
+    save_finetuned,
     seed_all,
     stem_stride,
     summary_line,
     train_iterations,
+    transfer_record,
     warmup_multistep,
 )
 from .datasets import DetectionDataset, DetectionSet, TransferError
@@ -393,10 +394,7 @@ def run_detection(model_spec: Any, train_set: DetectionSet, test_set: DetectionS
     if rank != 0:
         return None
     if save:
-        from ..checkpoint import atomic_save
-
-        atomic_save({"format": "byol-detector/1", "settings": settings,
-                     "classes": list(train_set.classes), "model": model.state_dict()}, save)
+        save_finetuned(save, "byol-detector/1", settings, model, classes=list(train_set.classes))
     t1 = time.perf_counter()
     test_ds = DetectionDataset(test_set, in_chans, train=False, with_masks=False)
     preds = predict(model, test_ds, device=device, batch_size=int(settings["eval_batch_size"]),
@@ -407,16 +405,10 @@ def run_detection(model_spec: Any, train_set: DetectionSet, test_set: DetectionS
     results = evaluate_predictions(test_set, preds, settings["eval"],
                                    with_masks and test_set.has_masks)
     results.update(headline(results))
-    results["final_loss"] = hist["final_loss"]
-    results["first_loss"] = hist["losses"][0]
-    results["train_s"] = hist["train_s"]
-    results["eval_s"] = time.perf_counter() - t1
     keep = {k: v for k, v in settings.items()}
     keep.update(num_classes=len(train_set.classes), world_size=world)
-    return make_record(
-        "detection", model_spec.label, results, checkpoint=model_spec.checkpoint,
-        arch=model_spec.arch, data=data_info or {}, settings=keep,
-        wall_s=time.perf_counter() - t0)
+    return transfer_record("detection", model_spec, results, hist, settings=keep,
+                           data_info=data_info, t0=t0, t1=t1)
 
 
 def summary(rec: dict[str, Any]) -> str:

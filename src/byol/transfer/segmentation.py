@@ -29,14 +29,15 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models.segmentation.fcn import FCNHead
 
-from ..eval.report import make_record
 from .common import (
     default_workers,
     pct,
     poly,
+    save_finetuned,
     seed_all,
     summary_line,
     train_iterations,
+    transfer_record,
 )
 from .datasets import IGNORE_INDEX, SegmentationSet, TransferError, load_image, read_index_png
 from .metrics import confusion_matrix, segmentation_scores
@@ -289,10 +290,7 @@ def run_segmentation(model_spec: Any, train_set: SegmentationSet, test_set: Segm
     if rank != 0:
         return None
     if save:
-        from ..checkpoint import atomic_save
-
-        atomic_save({"format": "byol-segmenter/1", "settings": settings,
-                     "num_classes": num_classes, "model": model.state_dict()}, save)
+        save_finetuned(save, "byol-segmenter/1", settings, model, num_classes=num_classes)
     t1 = time.perf_counter()
     test_ds = SegmentationDataset(test_set, train=False, **common)
     sc = evaluate_segmenter(model, test_ds, device=device, num_classes=num_classes,
@@ -301,15 +299,11 @@ def run_segmentation(model_spec: Any, train_set: SegmentationSet, test_set: Segm
     results: dict[str, Any] = pct(sc)
     if class_names and len(class_names) == num_classes:
         results["IoU"] = dict(zip(class_names, results["IoU"]))
-    results.update(final_loss=hist["final_loss"], first_loss=hist["losses"][0],
-                   train_s=hist["train_s"], eval_s=time.perf_counter() - t1,
-                   confusion=cm if num_classes <= 32 else None)
     keep = dict(settings)
     keep.update(world_size=world, image_size=settings["crop_size"])
-    return make_record(
-        "segmentation", model_spec.label, results, checkpoint=model_spec.checkpoint,
-        arch=model_spec.arch, data=data_info or {}, settings=keep,
-        wall_s=time.perf_counter() - t0)
+    return transfer_record("segmentation", model_spec, results, hist, settings=keep,
+                           data_info=data_info, t0=t0, t1=t1,
+                           confusion=cm if num_classes <= 32 else None)
 
 
 def summary(rec: dict[str, Any]) -> str:
