@@ -24,12 +24,12 @@ from torch import nn
 from ..errors import EvalError
 from .features import autocast_context, resolve_device, source_labels
 from .linear import (
+    _cosine_epochs,
     _feature_dim,
     _generators,
     _linear_head,
     _test_pooled,
     augmented_batches,
-    cosine_lr,
 )
 
 log = logging.getLogger(__name__)
@@ -117,29 +117,19 @@ def finetune(
     steps_per_epoch = max(1, len(idx) // bs)
     if min_steps:
         epochs = max(epochs, -(-min_steps // steps_per_epoch))
-    total = epochs * steps_per_epoch
-    step = 0
-    for epoch in range(epochs):
-        net.train()
-        running, seen = 0.0, 0
-        for x, y in augmented_batches(train_source, idx, batch_size=bs, image_size=image_size,
-                                      mean=mean, std=std, in_chans=in_chans, device=dev,
-                                      gen=gen, dev_gen=dev_gen, num_workers=num_workers):
-            lr_now = cosine_lr(lr, step, total)
-            for g in opt.param_groups:
-                g["lr"] = lr_now * g["lr_mult"]
-            with autocast_context(dev, precision):
-                logits = head(net(x))
-            loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            running += float(loss.detach()) * len(y)
-            seen += len(y)
-        if progress:
-            log.info("fine-tune %s epoch %d/%d loss %.4f", fraction_name(fraction), epoch + 1,
-                     epochs, running / max(1, seen))
+
+    def batches():
+        return augmented_batches(train_source, idx, batch_size=bs, image_size=image_size,
+                                 mean=mean, std=std, in_chans=in_chans, device=dev, gen=gen,
+                                 dev_gen=dev_gen, num_workers=num_workers)
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast_context(dev, precision):
+            logits = head(net(x))
+        return F.cross_entropy(logits.float(), y)
+
+    _cosine_epochs(opt, batches, loss_of, lr=lr, epochs=epochs, total=epochs * steps_per_epoch,
+                   progress=progress, label=f"fine-tune {fraction_name(fraction)}", logger=log)
     res = _test_pooled(net, head, test_source, yte, image_size=image_size, mean=mean, std=std,
                        device=dev, precision=precision, progress=progress,
                        num_workers=num_workers)

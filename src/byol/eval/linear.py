@@ -252,6 +252,29 @@ def _make_optimizer(params, name: str, lr: float, momentum: float, weight_decay:
     raise EvalError(f"optimizer {name!r}: choose lars or sgd")
 
 
+def _cosine_epochs(opt: torch.optim.Optimizer, batches, loss_of, *, lr: float, epochs: int,
+                   total: int, progress: bool, label: str,
+                   logger: logging.Logger = log) -> None:
+    """``epochs`` passes over ``batches()`` (x, y), one optimizer step on ``loss_of(x, y)`` per
+    batch at the cosine lr of ``total`` steps (times each group's ``lr_mult``); with
+    ``progress``, the epoch's mean loss is logged as "LABEL epoch i/n loss L"."""
+    step = 0
+    for epoch in range(epochs):
+        running, seen = 0.0, 0
+        for x, y in batches():
+            _set_lr(opt, cosine_lr(lr, step, total))
+            loss = loss_of(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            running += float(loss.detach()) * len(y)
+            seen += len(y)
+        if progress:
+            logger.info("%s epoch %d/%d loss %.4f", label, epoch + 1, epochs,
+                        running / max(1, seen))
+
+
 def _frozen(backbone: nn.Module, device: torch.device) -> nn.Module:
     """The backbone on ``device``, in eval mode (BN statistics kept), without gradients."""
     backbone.to(device).eval()
@@ -335,26 +358,19 @@ def linear_probe_augmented(
     gen, dev_gen = _generators(seed, dev)
     head = _linear_head(dim, c, gen, dev)
     opt = _make_optimizer(head.parameters(), optimizer, lr, momentum, weight_decay)
-    total = epochs * max(1, len(idx) // batch_size)
-    step = 0
-    for epoch in range(epochs):
-        running, seen = 0.0, 0
-        for x, y in augmented_batches(train_source, idx, batch_size=batch_size,
-                                      image_size=image_size, mean=mean, std=std,
-                                      in_chans=in_chans, device=dev, gen=gen, dev_gen=dev_gen,
-                                      num_workers=num_workers):
-            with torch.no_grad(), autocast_context(dev, precision):
-                f = backbone(x)
-            loss = F.cross_entropy(head(f.float()), y)
-            _set_lr(opt, cosine_lr(lr, step, total))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            running += float(loss.detach()) * len(y)
-            seen += len(y)
-        if progress:
-            log.info("linear epoch %d/%d loss %.4f", epoch + 1, epochs, running / max(1, seen))
+    def batches():
+        return augmented_batches(train_source, idx, batch_size=batch_size,
+                                 image_size=image_size, mean=mean, std=std, in_chans=in_chans,
+                                 device=dev, gen=gen, dev_gen=dev_gen, num_workers=num_workers)
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast_context(dev, precision):
+            f = backbone(x)
+        return F.cross_entropy(head(f.float()), y)
+
+    _cosine_epochs(opt, batches, loss_of, lr=lr, epochs=epochs,
+                   total=epochs * max(1, len(idx) // batch_size), progress=progress,
+                   label="linear")
     res = _test_pooled(backbone, head, test_source, yte, image_size=image_size, mean=mean,
                        std=std, device=dev, precision=precision, progress=progress,
                        num_workers=num_workers)
