@@ -181,6 +181,18 @@ class Config:
 # ----------------------------------------------------------------------------------------------
 # loading, overriding, validating
 
+# the torchvision ResNets byol.models.backbones builds (model.arch; timm:<name> also works)
+RESNET_NAMES = (
+    "resnet10",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+)
+
 CHOICES = {
     "data.source": (
         "folder",
@@ -454,8 +466,6 @@ def validate(cfg: Config, where: str = "config") -> None:
                 bad(f"augment.{vname}.{jk}", "must be >= 0")
         if not 0 <= v.hue <= 0.5:
             bad(f"augment.{vname}.hue", f"must lie in [0, 0.5], got {v.hue}")
-    from .models.backbones import RESNET_NAMES
-
     if m.arch not in RESNET_NAMES and not m.arch.startswith("timm:"):
         bad("model.arch", f"is {m.arch!r}; allowed: {', '.join(RESNET_NAMES)} or timm:<model name>")
     if m.in_chans < 1:

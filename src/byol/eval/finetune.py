@@ -22,13 +22,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EvalError
-from .features import (
-    autocast_context,
-    extract_features,
-    resolve_device,
-    source_labels,
+from .features import autocast_context, resolve_device, source_labels
+from .linear import (
+    _cosine_epochs,
+    _feature_dim,
+    _generators,
+    _linear_head,
+    _test_pooled,
+    augmented_batches,
 )
-from .linear import _generators, augmented_batches, cosine_lr, topk_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -100,17 +102,12 @@ def finetune(
     if lr is None:
         lr = 0.05 * bs / 256
     net = copy.deepcopy(backbone) if copy_backbone else backbone
-    dim = getattr(net, "num_features", 0)
-    if not dim:
-        raise EvalError("the backbone does not report num_features; cannot size the classifier")
+    dim = _feature_dim(net, "classifier")
     net.to(dev).train()
     for p in net.parameters():
         p.requires_grad_(True)
     gen, dev_gen = _generators(seed, dev)
-    head = nn.Linear(dim, c)
-    nn.init.normal_(head.weight, 0, 0.01, generator=gen)  # seeded: reruns give the same numbers
-    nn.init.zeros_(head.bias)
-    head.to(dev)
+    head = _linear_head(dim, c, gen, dev)
     opt = torch.optim.SGD(
         [{"params": net.parameters(), "lr_mult": 1.0},
          {"params": head.parameters(), "lr_mult": head_lr_mult}],
@@ -120,34 +117,22 @@ def finetune(
     steps_per_epoch = max(1, len(idx) // bs)
     if min_steps:
         epochs = max(epochs, -(-min_steps // steps_per_epoch))
-    total = epochs * steps_per_epoch
-    step = 0
-    for epoch in range(epochs):
-        net.train()
-        running, seen = 0.0, 0
-        for x, y in augmented_batches(train_source, idx, batch_size=bs, image_size=image_size,
-                                      mean=mean, std=std, in_chans=in_chans, device=dev,
-                                      gen=gen, dev_gen=dev_gen, num_workers=num_workers):
-            lr_now = cosine_lr(lr, step, total)
-            for g in opt.param_groups:
-                g["lr"] = lr_now * g["lr_mult"]
-            with autocast_context(dev, precision):
-                logits = head(net(x))
-            loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            running += float(loss.detach()) * len(y)
-            seen += len(y)
-        if progress:
-            log.info("fine-tune %s epoch %d/%d loss %.4f", fraction_name(fraction), epoch + 1,
-                     epochs, running / max(1, seen))
-    feats = extract_features(net, test_source, image_size=image_size, mean=mean, std=std,
-                             device=dev, precision=precision, progress=progress,
-                             num_workers=num_workers)["pooled"]
-    with torch.no_grad():
-        res = topk_accuracy(head(feats.to(dev)), yte)
+
+    def batches():
+        return augmented_batches(train_source, idx, batch_size=bs, image_size=image_size,
+                                 mean=mean, std=std, in_chans=in_chans, device=dev, gen=gen,
+                                 dev_gen=dev_gen, num_workers=num_workers)
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with autocast_context(dev, precision):
+            logits = head(net(x))
+        return F.cross_entropy(logits.float(), y)
+
+    _cosine_epochs(opt, batches, loss_of, lr=lr, epochs=epochs, total=epochs * steps_per_epoch,
+                   progress=progress, label=f"fine-tune {fraction_name(fraction)}", logger=log)
+    res = _test_pooled(net, head, test_source, yte, image_size=image_size, mean=mean, std=std,
+                       device=dev, precision=precision, progress=progress,
+                       num_workers=num_workers)
     return {**res, "fraction": fraction, "num_train": len(idx), "epochs": epochs, "lr": lr,
             "wall_s": time.perf_counter() - t0}
 

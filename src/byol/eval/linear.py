@@ -252,6 +252,64 @@ def _make_optimizer(params, name: str, lr: float, momentum: float, weight_decay:
     raise EvalError(f"optimizer {name!r}: choose lars or sgd")
 
 
+def _cosine_epochs(opt: torch.optim.Optimizer, batches, loss_of, *, lr: float, epochs: int,
+                   total: int, progress: bool, label: str,
+                   logger: logging.Logger = log) -> None:
+    """``epochs`` passes over ``batches()`` (x, y), one optimizer step on ``loss_of(x, y)`` per
+    batch at the cosine lr of ``total`` steps (times each group's ``lr_mult``); with
+    ``progress``, the epoch's mean loss is logged as "LABEL epoch i/n loss L"."""
+    step = 0
+    for epoch in range(epochs):
+        running, seen = 0.0, 0
+        for x, y in batches():
+            _set_lr(opt, cosine_lr(lr, step, total))
+            loss = loss_of(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            running += float(loss.detach()) * len(y)
+            seen += len(y)
+        if progress:
+            logger.info("%s epoch %d/%d loss %.4f", label, epoch + 1, epochs,
+                        running / max(1, seen))
+
+
+def _frozen(backbone: nn.Module, device: torch.device) -> nn.Module:
+    """The backbone on ``device``, in eval mode (BN statistics kept), without gradients."""
+    backbone.to(device).eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    return backbone
+
+
+def _feature_dim(backbone: nn.Module, what: str) -> int:
+    dim = getattr(backbone, "num_features", 0)
+    if not dim:
+        raise EvalError(f"the backbone does not report num_features; cannot size the {what}")
+    return dim
+
+
+def _linear_head(dim: int, num_classes: int, gen: torch.Generator, device: torch.device
+                 ) -> nn.Linear:
+    head = nn.Linear(dim, num_classes)
+    nn.init.normal_(head.weight, 0, 0.01, generator=gen)  # seeded: reruns give the same numbers
+    nn.init.zeros_(head.bias)
+    return head.to(device)
+
+
+def _test_pooled(backbone: nn.Module, head: nn.Module, test_source: Any, labels: torch.Tensor, *,
+                 image_size: int, mean: Sequence[float], std: Sequence[float],
+                 device: torch.device, precision: str, progress: bool,
+                 num_workers: int | None) -> dict[str, float]:
+    """Test {"top1", "top5"} of ``head`` on the backbone's GAP features of ``test_source``."""
+    feats = extract_features(backbone, test_source, image_size=image_size, mean=mean, std=std,
+                             device=device, precision=precision, progress=progress,
+                             num_workers=num_workers)["pooled"]
+    with torch.no_grad():
+        return topk_accuracy(head(feats.to(device)), labels)
+
+
 # ---------------------------------------------------------------------------------------------
 # (b) mmselfsup's augmented linear probe
 
@@ -296,43 +354,26 @@ def linear_probe_augmented(
         lr = 1.6 * batch_size / 4096 if optimizer == "lars" else 0.2 * batch_size / 256
     idx = torch.arange(source_len(train_source)) if train_indices is None else train_indices
     in_chans = getattr(backbone, "in_chans", None)
-    backbone.to(dev).eval()
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    dim = getattr(backbone, "num_features", 0)
-    if not dim:
-        raise EvalError("the backbone does not report num_features; cannot size the head")
+    dim = _feature_dim(_frozen(backbone, dev), "head")
     gen, dev_gen = _generators(seed, dev)
-    head = nn.Linear(dim, c)
-    nn.init.normal_(head.weight, 0, 0.01, generator=gen)  # seeded: reruns give the same numbers
-    nn.init.zeros_(head.bias)
-    head.to(dev)
+    head = _linear_head(dim, c, gen, dev)
     opt = _make_optimizer(head.parameters(), optimizer, lr, momentum, weight_decay)
-    total = epochs * max(1, len(idx) // batch_size)
-    step = 0
-    for epoch in range(epochs):
-        running, seen = 0.0, 0
-        for x, y in augmented_batches(train_source, idx, batch_size=batch_size,
-                                      image_size=image_size, mean=mean, std=std,
-                                      in_chans=in_chans, device=dev, gen=gen, dev_gen=dev_gen,
-                                      num_workers=num_workers):
-            with torch.no_grad(), autocast_context(dev, precision):
-                f = backbone(x)
-            loss = F.cross_entropy(head(f.float()), y)
-            _set_lr(opt, cosine_lr(lr, step, total))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            running += float(loss.detach()) * len(y)
-            seen += len(y)
-        if progress:
-            log.info("linear epoch %d/%d loss %.4f", epoch + 1, epochs, running / max(1, seen))
-    feats = extract_features(backbone, test_source, image_size=image_size, mean=mean, std=std,
-                             device=dev, precision=precision, progress=progress,
-                             num_workers=num_workers)["pooled"]
-    with torch.no_grad():
-        res = topk_accuracy(head(feats.to(dev)), yte)
+    def batches():
+        return augmented_batches(train_source, idx, batch_size=batch_size,
+                                 image_size=image_size, mean=mean, std=std, in_chans=in_chans,
+                                 device=dev, gen=gen, dev_gen=dev_gen, num_workers=num_workers)
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast_context(dev, precision):
+            f = backbone(x)
+        return F.cross_entropy(head(f.float()), y)
+
+    _cosine_epochs(opt, batches, loss_of, lr=lr, epochs=epochs,
+                   total=epochs * max(1, len(idx) // batch_size), progress=progress,
+                   label="linear")
+    res = _test_pooled(backbone, head, test_source, yte, image_size=image_size, mean=mean,
+                       std=std, device=dev, precision=precision, progress=progress,
+                       num_workers=num_workers)
     return {**res, "lr": lr, "epochs": epochs, "optimizer": optimizer, "batch_size": batch_size,
             "num_train": len(idx), "num_test": len(yte)}
 
@@ -388,6 +429,27 @@ def _mhead_optimizer(head: MultiHead, lr: float, momentum: float, weight_decay: 
                            weight_decay=weight_decay)
 
 
+def _fit_multihead(head: MultiHead, batches, *, epochs: int, lr: float, momentum: float,
+                   weight_decay: float, milestones: Sequence[int] | None,
+                   progress: bool = False) -> None:
+    """SGD on the summed heads' losses with the step schedule; ``batches()`` yields one epoch of
+    (features {name: [B, D]}, labels)."""
+    opt = _mhead_optimizer(head, lr, momentum, weight_decay)
+    ms = tuple(milestones) if milestones is not None else default_milestones(epochs)
+    for epoch in range(epochs):
+        _set_lr(opt, step_lr(lr, epoch, ms))
+        head.train()
+        for feats, y in batches():
+            logits = head(feats)
+            loss = sum(F.cross_entropy(v, y) for v in logits.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        if progress:
+            log.info("multi-head epoch %d/%d loss %.4f", epoch + 1, epochs, float(loss))
+    head.eval()
+
+
 def multihead_probe(
     train_feats: Mapping[str, torch.Tensor],
     train_labels: torch.Tensor,
@@ -423,20 +485,14 @@ def multihead_probe(
     c = num_classes or _num_classes(train_labels, test_labels)
     gen = torch.Generator().manual_seed(seed)
     head = MultiHead({n: train_feats[n].shape[1] for n in names}, c, channels, gen).to(dev)
-    opt = _mhead_optimizer(head, lr, momentum, weight_decay)
-    ms = tuple(milestones) if milestones is not None else default_milestones(epochs)
     ytr = train_labels.to(dev)
-    for epoch in range(epochs):
-        _set_lr(opt, step_lr(lr, epoch, ms))
-        head.train()
+
+    def batches():
         for b in _batches(len(ytr), batch_size, gen):
-            logits = head({n: train_feats[n][b].to(dev) for n in names})
-            bd = b.to(dev)
-            loss = sum(F.cross_entropy(v, ytr[bd]) for v in logits.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    head.eval()
+            yield {n: train_feats[n][b].to(dev) for n in names}, ytr[b.to(dev)]
+
+    _fit_multihead(head, batches, epochs=epochs, lr=lr, momentum=momentum,
+                   weight_decay=weight_decay, milestones=milestones)
     res: dict[str, dict[str, float]] = {}
     with torch.no_grad():
         logits = {n: [] for n in names}
@@ -489,37 +545,28 @@ def multihead_probe_augmented(
     c = num_classes or _num_classes(ytr_all, yte)
     names = list(names)
     in_chans = getattr(backbone, "in_chans", None)
-    backbone.to(dev).eval()
-    for p in backbone.parameters():
-        p.requires_grad_(False)
+    _frozen(backbone, dev)
     with torch.no_grad():
         probe = torch.zeros(2, in_chans or 3, image_size, image_size, device=dev)
         dims = {n: v.shape[1] for n, v in features_from_batch(backbone, probe, names, pool).items()}
     gen, dev_gen = _generators(seed, dev)
     head = MultiHead(dims, c, stage_channels(backbone, names), gen).to(dev)
-    opt = _mhead_optimizer(head, lr, momentum, weight_decay)
-    ms = tuple(milestones) if milestones is not None else default_milestones(epochs)
     idx = torch.arange(source_len(train_source)) if train_indices is None else train_indices
-    for epoch in range(epochs):
-        _set_lr(opt, step_lr(lr, epoch, ms))
-        head.train()
+
+    def batches():
         for x, y in augmented_batches(train_source, idx, batch_size=batch_size,
                                       image_size=image_size, mean=mean, std=std,
                                       in_chans=in_chans, device=dev, gen=gen, dev_gen=dev_gen,
                                       num_workers=num_workers):
             with torch.no_grad(), autocast_context(dev, precision):
                 feats = features_from_batch(backbone, x, names, pool)
-            logits = head(feats)
-            loss = sum(F.cross_entropy(v, y) for v in logits.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        if progress:
-            log.info("multi-head epoch %d/%d loss %.4f", epoch + 1, epochs, float(loss))
+            yield feats, y
+
+    _fit_multihead(head, batches, epochs=epochs, lr=lr, momentum=momentum,
+                   weight_decay=weight_decay, milestones=milestones, progress=progress)
     test = extract_features(backbone, test_source, image_size=image_size, mean=mean, std=std,
                             names=names, device=dev, precision=precision, progress=progress,
                             pool=pool, num_workers=num_workers)
-    head.eval()
     with torch.no_grad():
         out = head({n: test[n].to(dev) for n in names})
     return {n: topk_accuracy(out[n], yte) for n in names}

@@ -49,6 +49,24 @@ def _knn_key(rows: Sequence[dict[str, Any]]) -> str | None:
     return None
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _curve(plt: Any, pts: Sequence[tuple[float, float]], xlabel: str, ylabel: str,
+           path: Path) -> Path:
+    """One line of points with markers (a kNN curve), saved to ``path``."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(*zip(*pts), marker="o", lw=1)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return _save(plt, fig, path)
+
+
 def plot_training(metrics_path: str | os.PathLike, out_dir: str | os.PathLike) -> list[Path]:
     """loss.png (loss against optimizer step, with lr and tau on a second axis when logged),
     knn.png (kNN top-1 against epoch) and knn_minutes.png (against wall-clock minutes, when the
@@ -77,38 +95,18 @@ def plot_training(metrics_path: str | os.PathLike, out_dir: str | os.PathLike) -
             axes[i, 0].set_ylabel(k)
             axes[i, 0].grid(alpha=0.3)
         axes[-1, 0].set_xlabel("optimizer step")
-        fig.tight_layout()
-        p = out / "loss.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        written.append(p)
+        written.append(_save(plt, fig, out / "loss.png"))
     key = _knn_key(rows)
     if key:
         knn_rows = [r for r in rows if isinstance(r.get(key), (int, float))]
         pts = [(r.get("epoch", i), r[key]) for i, r in enumerate(knn_rows)]
-        fig, ax = plt.subplots(figsize=(7, 4))
-        ax.plot(*zip(*pts), marker="o", lw=1)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"kNN top-1 % ({key})")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        p = out / "knn.png"
-        fig.savefig(p, dpi=100)
-        plt.close(fig)
-        written.append(p)
+        written.append(_curve(plt, pts, "epoch", f"kNN top-1 % ({key})", out / "knn.png"))
         timed = [(r["elapsed_s"] / 60, r[key]) for r in knn_rows
                  if isinstance(r.get("elapsed_s"), (int, float))]
         if timed:  # the monitor's rows carry the run's wall time: kNN against minutes
-            fig, ax = plt.subplots(figsize=(7, 4))
-            ax.plot(*zip(*timed), marker="o", lw=1)
-            ax.set_xlabel("wall-clock minutes of pretraining")
-            ax.set_ylabel(f"kNN top-1 % ({key}, monitor subset)")
-            ax.grid(alpha=0.3)
-            fig.tight_layout()
-            p = out / "knn_minutes.png"
-            fig.savefig(p, dpi=100)
-            plt.close(fig)
-            written.append(p)
+            written.append(_curve(plt, timed, "wall-clock minutes of pretraining",
+                                  f"kNN top-1 % ({key}, monitor subset)",
+                                  out / "knn_minutes.png"))
     return written
 
 
@@ -147,9 +145,6 @@ def plot_tsne(
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(markerscale=4, fontsize=8, loc="best")
-    fig.tight_layout()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=100)
-    plt.close(fig)
-    return p
+    return _save(plt, fig, p)

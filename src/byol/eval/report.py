@@ -206,55 +206,44 @@ def render_markdown(records: Sequence[dict[str, Any]], *, title: str = "BYOL eva
     def name(m: str) -> str:
         return f"{m} ({arches[m]})" if m in arches and arches[m] != m else m
 
-    def section(title_: str, protocol: str, cols: Sequence[str], cells, ref_cells=None):
+    def table(title_: str, protocols: Sequence[str], cols: Sequence[str], cells,
+              ref_cells=None):
+        """A row per model with a record of any of ``protocols`` (``cells`` gets one record or
+        None per protocol), then the reference row of the first protocol."""
         rows = []
         for m in models:
-            r = latest.get((m, protocol))
-            if r is not None:
-                rows.append([name(m)] + cells(r["results"]))
+            recs = [latest.get((m, p)) for p in protocols]
+            if any(r is not None for r in recs):
+                rows.append([name(m)] + cells(*recs))
         if not rows:
             return
         if reference and ref_cells is not None:
-            rows.append([f"*{REFERENCE_LABELS[protocol]}*"] + ref_cells)
+            rows.append([f"*{REFERENCE_LABELS[protocols[0]]}*"] + ref_cells)
         out.extend([f"## {title_}", "", _table(["model", *cols], rows), ""])
+
+    def section(title_: str, protocol: str, cols: Sequence[str], cells, ref_cells=None):
+        table(title_, (protocol,), cols, lambda r: cells(r["results"]), ref_cells)
 
     section("kNN classification (top-1 %, weighted vote, T = 0.07)", "knn", KNN_KS,
             lambda res: [_fmt(_get(res, k, "top1")) for k in KNN_KS],
             [_fmt(REFERENCE["knn"][k]) for k in KNN_KS])
-    lin_rows = []
-    for m in models:
-        a, b = latest.get((m, "linear")), latest.get((m, "linear_aug"))
-        if a or b:
-            lin_rows.append([name(m), _fmt(_get(a, "results", "top1")),
-                             _fmt(_get(a, "results", "top5")),
-                             _fmt(_get(b, "results", "top1")),
-                             _fmt(_get(b, "results", "top5"))])
-    if lin_rows:
-        if reference:
-            lin_rows.append([f"*{REFERENCE_LABELS['linear']}*", "–", "–", _fmt(REFERENCE["linear_aug"]),
-                             "–"])
-        out.extend(["## Linear evaluation (GAP features)", "",
-                    _table(["model", "features + lr sweep top-1", "top-5",
-                            "augmented (mmselfsup) top-1", "top-5"], lin_rows), ""])
+    table("Linear evaluation (GAP features)", ("linear", "linear_aug"),
+          ("features + lr sweep top-1", "top-5", "augmented (mmselfsup) top-1", "top-5"),
+          lambda a, b: [_fmt(_get(r, "results", k)) for r in (a, b) for k in ("top1", "top5")],
+          ["–", "–", _fmt(REFERENCE["linear_aug"]), "–"])
     section("Multi-head linear evaluation (top-1 %)", "mhead", FEATURES,
             lambda res: [_fmt(_get(res, f, "top1")) for f in FEATURES],
             [_fmt(REFERENCE["mhead"][f]) for f in FEATURES])
-    svm_rows = []
-    for m in models:
-        s, lo = latest.get((m, "svm")), latest.get((m, "lowshot"))
-        if s or lo:
-            sres, lres = (s or {}).get("results", {}), (lo or {}).get("results", {})
-            layer = sres.get("best_layer") or lres.get("layer") or "–"
-            svm_rows.append([name(m), str(layer), _fmt(sres.get("map"))] +
-                            [_fmt(_get(lres, k, "map"), _get(lres, k, "std"))
-                             for k in LOWSHOT_COLS])
-    if svm_rows:
-        if reference:
-            svm_rows.append([f"*{REFERENCE_LABELS['svm']}*", REFERENCE["svm"]["layer"],
-                             _fmt(REFERENCE["svm"]["map"])] +
-                            [_fmt(REFERENCE["lowshot"][k]) for k in LOWSHOT_COLS])
-        out.extend(["## SVM and low-shot SVM (mAP %, mean ± std over draws)", "",
-                    _table(["model", "best layer", "SVM", *LOWSHOT_COLS], svm_rows), ""])
+    def svm_cells(s, lo) -> list[str]:
+        sres, lres = (s or {}).get("results", {}), (lo or {}).get("results", {})
+        layer = sres.get("best_layer") or lres.get("layer") or "–"
+        return [str(layer), _fmt(sres.get("map"))] + [
+            _fmt(_get(lres, k, "map"), _get(lres, k, "std")) for k in LOWSHOT_COLS]
+
+    table("SVM and low-shot SVM (mAP %, mean ± std over draws)", ("svm", "lowshot"),
+          ("best layer", "SVM", *LOWSHOT_COLS), svm_cells,
+          [REFERENCE["svm"]["layer"], _fmt(REFERENCE["svm"]["map"])] +
+          [_fmt(REFERENCE["lowshot"][k]) for k in LOWSHOT_COLS])
     section("Fine-tuning with 1% / 10% / 100% of the labels (top-1 %)", "finetune", FINETUNE_COLS,
             lambda res: [_fmt(_get(res, c, "top1")) for c in FINETUNE_COLS],
             [_fmt(REFERENCE["finetune"].get(c)) for c in FINETUNE_COLS])

@@ -97,6 +97,25 @@ def _targets(t: Any, n: int, what: str) -> np.ndarray:
     return a.astype(np.int8)
 
 
+def _inputs(train_feats: Any, train_targets: Any, test_feats: Any, test_targets: Any,
+            normalize: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Train features and targets, test features and targets, prepared and checked."""
+    x = prepare_features(train_feats, normalize)
+    xt = prepare_features(test_feats, normalize)
+    if x.shape[1] != xt.shape[1]:
+        raise EvalError(f"train features have {x.shape[1]} dims, test {xt.shape[1]}")
+    return x, _targets(train_targets, len(x), "train"), xt, _targets(test_targets, len(xt), "test")
+
+
+def _one_vs_rest(protocol, train_feats: Any, train_labels: Any, test_feats: Any,
+                 test_labels: Any, num_classes: int | None, **kw: Any) -> dict[str, Any]:
+    """``protocol`` (a function of features and -1/0/1 targets) on single-label classes."""
+    c = num_classes or int(max(torch.as_tensor(train_labels).max(),
+                               torch.as_tensor(test_labels).max())) + 1
+    return protocol(train_feats, labels_to_targets(train_labels, c), test_feats,
+                    labels_to_targets(test_labels, c), **kw)
+
+
 def _svc(cost: float, max_iter: int):
     from sklearn.svm import LinearSVC
 
@@ -179,12 +198,7 @@ def svm_voc07(
     """
     if not costs:
         raise EvalError("the cost grid is empty")
-    x = prepare_features(train_feats, normalize)
-    xt = prepare_features(test_feats, normalize)
-    if x.shape[1] != xt.shape[1]:
-        raise EvalError(f"train features have {x.shape[1]} dims, test {xt.shape[1]}")
-    t = _targets(train_targets, len(x), "train")
-    tt = _targets(test_targets, len(xt), "test")
+    x, t, xt, tt = _inputs(train_feats, train_targets, test_feats, test_targets, normalize)
     c = t.shape[1]
     names = list(classes) if classes is not None else [str(i) for i in range(c)]
     from joblib import delayed
@@ -211,10 +225,8 @@ def svm_voc07(
 def svm_single_label(train_feats: Any, train_labels: Any, test_feats: Any, test_labels: Any,
                      num_classes: int | None = None, **kw: Any) -> dict[str, Any]:
     """One-vs-rest VOC07 protocol for a single-label dataset."""
-    c = num_classes or int(max(torch.as_tensor(train_labels).max(),
-                               torch.as_tensor(test_labels).max())) + 1
-    return svm_voc07(train_feats, labels_to_targets(train_labels, c), test_feats,
-                     labels_to_targets(test_labels, c), **kw)
+    return _one_vs_rest(svm_voc07, train_feats, train_labels, test_feats, test_labels,
+                        num_classes, **kw)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -291,10 +303,7 @@ def lowshot_svm(
     Draw d of k uses seed ``seed + d``; every (k, draw, class) fit is independent and they all run
     in one joblib pool.
     """
-    x = prepare_features(train_feats, normalize)
-    xt = prepare_features(test_feats, normalize)
-    t = _targets(train_targets, len(x), "train")
-    tt = _targets(test_targets, len(xt), "test")
+    x, t, xt, tt = _inputs(train_feats, train_targets, test_feats, test_targets, normalize)
     c = t.shape[1]
     jobs = []
     for k in ks:
@@ -325,10 +334,8 @@ def lowshot_svm(
 def lowshot_single_label(train_feats: Any, train_labels: Any, test_feats: Any, test_labels: Any,
                          num_classes: int | None = None, **kw: Any) -> dict[str, Any]:
     """Low-shot SVM, one-vs-rest on a single-label dataset."""
-    c = num_classes or int(max(torch.as_tensor(train_labels).max(),
-                               torch.as_tensor(test_labels).max())) + 1
-    return lowshot_svm(train_feats, labels_to_targets(train_labels, c), test_feats,
-                       labels_to_targets(test_labels, c), **kw)
+    return _one_vs_rest(lowshot_svm, train_feats, train_labels, test_feats, test_labels,
+                        num_classes, **kw)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
+from ..config import RESNET_NAMES
+
 FEATURE_NAMES = ("feature1", "feature2", "feature3", "feature4", "feature5")
 
 # name -> (block, layers, width_per_group multiplier)
@@ -29,7 +31,9 @@ _RESNETS = {
     "wide_resnet50_2": (tv_resnet.Bottleneck, [3, 4, 6, 3], 2),
     "wide_resnet101_2": (tv_resnet.Bottleneck, [3, 4, 23, 3], 2),
 }
-RESNET_NAMES = tuple(_RESNETS)
+if tuple(_RESNETS) != RESNET_NAMES:  # one list of names: byol.config validates model.arch by it
+    raise ImportError(f"byol.config.RESNET_NAMES {RESNET_NAMES} and the ResNets built here "
+                      f"{tuple(_RESNETS)} differ")
 
 
 class ResNet(nn.Module):

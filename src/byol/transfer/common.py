@@ -8,7 +8,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..eval.report import make_record
 from .datasets import TransferError
 
 log = logging.getLogger("byol.transfer")
@@ -206,8 +207,80 @@ class Progress:
                  self.total, loss, lr, dt, extra)
 
 
+def train_iterations(model: nn.Module, train: torch.utils.data.Dataset, settings: Mapping[str, Any],
+                     *, optimizer: Callable[[nn.Module], torch.optim.Optimizer],
+                     lr_at: Callable[[int], float],
+                     losses_of: Callable[[nn.Module, Any, int],
+                                         tuple[torch.Tensor, Mapping[str, torch.Tensor]]],
+                     label: str, device: torch.device, seed: int = 0, workers: int | None = None,
+                     collate_fn: Callable | None = None, log_every: int = 20, rank: int = 0,
+                     world: int = 1, progress: bool = True) -> dict[str, Any]:
+    """The fine-tuning loop both tasks run: ``settings["iterations"]`` SGD steps on endless
+    shuffled batches of ``settings["batch_size"]`` (split over ``world`` processes, the model
+    wrapped in DistributedDataParallel when ``world > 1``), every parameter group at
+    ``lr_at(it)``. ``optimizer(model)`` builds the optimizer; ``losses_of(net, batch, it)``
+    returns the loss and its named parts (and rejects a non-finite loss as it sees fit).
+    Returns {"losses", "final_loss" (mean of the last 20), "train_s"}."""
+    iters, batch = int(settings["iterations"]), int(settings["batch_size"])
+    if batch % world:
+        raise TransferError(f"--batch-size {batch} must be divisible by the {world} processes")
+    seed_all(seed + rank)
+    model.to(device).train()
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = optimizer(model)
+    workers = default_workers(device) if workers is None else workers
+    loader = torch.utils.data.DataLoader(
+        train, batch_sampler=InfiniteBatchSampler(len(train), batch // world, seed, rank, world),
+        collate_fn=collate_fn, num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=False)
+    show = Progress(iters, log_every, label, enabled=progress and rank == 0)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    it = 0
+    for batch_ in loader:
+        lr = lr_at(it)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss, parts = losses_of(net, batch_, it)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        show(it, losses[-1], lr, {k: float(v.detach()) for k, v in parts.items()})
+        it += 1
+        if it >= iters:
+            break
+    tail = losses[-min(20, len(losses)):]
+    return {"losses": losses, "final_loss": float(np.mean(tail)),
+            "train_s": time.perf_counter() - t0}
+
+
 # ---------------------------------------------------------------------------------------------
 # records
+
+
+def save_finetuned(path: str, fmt: str, settings: Mapping[str, Any], model: nn.Module,
+                   **meta: Any) -> None:
+    """The fine-tuned model as {"format", "settings", **meta, "model"} (``--save``)."""
+    from ..checkpoint import atomic_save
+
+    atomic_save({"format": fmt, "settings": settings, **meta, "model": model.state_dict()}, path)
+
+
+def transfer_record(task: str, model_spec: Any, results: dict[str, Any], hist: Mapping[str, Any],
+                    *, settings: dict[str, Any], data_info: dict | None, t0: float, t1: float,
+                    **more: Any) -> dict[str, Any]:
+    """The evaluation record of a transfer run started at ``t0`` and evaluated from ``t1``:
+    ``results`` plus the training losses and times (and ``more``)."""
+    results.update(final_loss=hist["final_loss"], first_loss=hist["losses"][0],
+                   train_s=hist["train_s"], eval_s=time.perf_counter() - t1, **more)
+    return make_record(
+        task, model_spec.label, results, checkpoint=model_spec.checkpoint,
+        arch=model_spec.arch, data=data_info or {}, settings=settings,
+        wall_s=time.perf_counter() - t0)
 
 
 def pct(d: Mapping[str, Any]) -> dict[str, Any]:

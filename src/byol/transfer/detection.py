@@ -39,16 +39,16 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from ..eval.report import make_record
 from .common import (
-    InfiniteBatchSampler,
-    Progress,
     default_workers,
     list_collate,
     pct,
+    save_finetuned,
     seed_all,
     stem_stride,
     summary_line,
+    train_iterations,
+    transfer_record,
     warmup_multistep,
 )
 from .datasets import DetectionDataset, DetectionSet, TransferError
@@ -283,31 +283,19 @@ def train_detector(model: nn.Module, train: DetectionDataset, settings: dict[str
                    progress: bool = True) -> dict[str, Any]:
     """SGD with detectron2's warmup + multi-step schedule for ``settings["iterations"]``
     iterations of ``settings["batch_size"]`` images (split over ``world`` processes)."""
-    iters, batch = int(settings["iterations"]), int(settings["batch_size"])
-    if batch % world:
-        raise TransferError(f"--batch-size {batch} must be divisible by the {world} processes")
-    seed_all(seed + rank)
-    model.to(device).train()
-    net = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    groups = _param_groups(model, float(settings["lr"]), float(settings["weight_decay"]))
-    opt = torch.optim.SGD(groups, lr=float(settings["lr"]), momentum=float(settings["momentum"]))
-    workers = default_workers(device) if workers is None else workers
-    loader = torch.utils.data.DataLoader(
-        train, batch_sampler=InfiniteBatchSampler(len(train), batch // world, seed, rank, world),
-        collate_fn=list_collate, num_workers=workers, pin_memory=device.type == "cuda",
-        persistent_workers=False)
-    show = Progress(iters, log_every, "detection", enabled=progress and rank == 0)
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    it = 0
-    for images, targets in loader:
-        f = warmup_multistep(it, settings["steps"], float(settings["gamma"]),
-                             int(settings["warmup_iters"]), float(settings["warmup_factor"]))
-        for g in opt.param_groups:
-            g["lr"] = float(settings["lr"]) * f
+    base = float(settings["lr"])
+
+    def optimizer(m: nn.Module) -> torch.optim.Optimizer:
+        groups = _param_groups(m, base, float(settings["weight_decay"]))
+        return torch.optim.SGD(groups, lr=base, momentum=float(settings["momentum"]))
+
+    def lr_at(it: int) -> float:
+        return base * warmup_multistep(it, settings["steps"], float(settings["gamma"]),
+                                       int(settings["warmup_iters"]),
+                                       float(settings["warmup_factor"]))
+
+    def losses_of(net: nn.Module, batch: Any, it: int):
+        images, targets = batch
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device, non_blocking=True) for k, v in t.items()} for t in targets]
         parts = net(images, targets)
@@ -317,17 +305,12 @@ def train_detector(model: nn.Module, train: DetectionDataset, settings: dict[str
                 f"detection loss is {loss.item()} at iteration {it + 1} "
                 f"({ {k: round(float(v), 4) for k, v in parts.items()} }); lower --lr or check "
                 "the boxes in the data")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        show(it, losses[-1], opt.param_groups[0]["lr"], {k: float(v.detach()) for k, v in parts.items()})
-        it += 1
-        if it >= iters:
-            break
-    tail = losses[-min(20, len(losses)):]
-    return {"losses": losses, "final_loss": float(np.mean(tail)),
-            "train_s": time.perf_counter() - t0}
+        return loss, parts
+
+    return train_iterations(model, train, settings, optimizer=optimizer, lr_at=lr_at,
+                            losses_of=losses_of, label="detection", device=device, seed=seed,
+                            workers=workers, collate_fn=list_collate, log_every=log_every,
+                            rank=rank, world=world, progress=progress)
 
 
 @torch.no_grad()
@@ -411,10 +394,7 @@ def run_detection(model_spec: Any, train_set: DetectionSet, test_set: DetectionS
     if rank != 0:
         return None
     if save:
-        from ..checkpoint import atomic_save
-
-        atomic_save({"format": "byol-detector/1", "settings": settings,
-                     "classes": list(train_set.classes), "model": model.state_dict()}, save)
+        save_finetuned(save, "byol-detector/1", settings, model, classes=list(train_set.classes))
     t1 = time.perf_counter()
     test_ds = DetectionDataset(test_set, in_chans, train=False, with_masks=False)
     preds = predict(model, test_ds, device=device, batch_size=int(settings["eval_batch_size"]),
@@ -425,16 +405,10 @@ def run_detection(model_spec: Any, train_set: DetectionSet, test_set: DetectionS
     results = evaluate_predictions(test_set, preds, settings["eval"],
                                    with_masks and test_set.has_masks)
     results.update(headline(results))
-    results["final_loss"] = hist["final_loss"]
-    results["first_loss"] = hist["losses"][0]
-    results["train_s"] = hist["train_s"]
-    results["eval_s"] = time.perf_counter() - t1
     keep = {k: v for k, v in settings.items()}
     keep.update(num_classes=len(train_set.classes), world_size=world)
-    return make_record(
-        "detection", model_spec.label, results, checkpoint=model_spec.checkpoint,
-        arch=model_spec.arch, data=data_info or {}, settings=keep,
-        wall_s=time.perf_counter() - t0)
+    return transfer_record("detection", model_spec, results, hist, settings=keep,
+                           data_info=data_info, t0=t0, t1=t1)
 
 
 def summary(rec: dict[str, Any]) -> str:

@@ -29,15 +29,15 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models.segmentation.fcn import FCNHead
 
-from ..eval.report import make_record
 from .common import (
-    InfiniteBatchSampler,
-    Progress,
     default_workers,
     pct,
     poly,
+    save_finetuned,
     seed_all,
     summary_line,
+    train_iterations,
+    transfer_record,
 )
 from .datasets import IGNORE_INDEX, SegmentationSet, TransferError, load_image, read_index_png
 from .metrics import confusion_matrix, segmentation_scores
@@ -209,32 +209,20 @@ def train_segmenter(model: FCN, train: SegmentationDataset, settings: dict[str, 
                     device: torch.device, seed: int = 0, workers: int | None = None,
                     log_every: int = 20, rank: int = 0, world: int = 1,
                     progress: bool = True) -> dict[str, Any]:
-    iters, batch = int(settings["iterations"]), int(settings["batch_size"])
-    if batch % world:
-        raise TransferError(f"--batch-size {batch} must be divisible by the {world} processes")
-    seed_all(seed + rank)
-    model.to(device).train()
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for p in model.parameters() if p.requires_grad]
     base = float(settings["lr"])
-    opt = torch.optim.SGD(params, lr=base, momentum=float(settings["momentum"]),
-                          weight_decay=float(settings["weight_decay"]))
-    workers = default_workers(device) if workers is None else workers
-    loader = torch.utils.data.DataLoader(
-        train, batch_sampler=InfiniteBatchSampler(len(train), batch // world, seed, rank, world),
-        num_workers=workers, pin_memory=device.type == "cuda")
-    show = Progress(iters, log_every, "segmentation", enabled=progress and rank == 0)
     aux_w = float(settings["aux_weight"])
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    it = 0
-    for img, lab in loader:
-        lr = poly(it, iters, float(settings["power"]), base, float(settings["min_lr"]))
-        for g in opt.param_groups:
-            g["lr"] = lr
+
+    def optimizer(m: nn.Module) -> torch.optim.Optimizer:
+        params = [p for p in m.parameters() if p.requires_grad]
+        return torch.optim.SGD(params, lr=base, momentum=float(settings["momentum"]),
+                               weight_decay=float(settings["weight_decay"]))
+
+    def lr_at(it: int) -> float:
+        return poly(it, int(settings["iterations"]), float(settings["power"]), base,
+                    float(settings["min_lr"]))
+
+    def losses_of(net: nn.Module, batch: Any, it: int):
+        img, lab = batch
         img, lab = img.to(device, non_blocking=True), lab.to(device, non_blocking=True)
         out = net(img)
         parts = {"loss_seg": F.cross_entropy(out["out"], lab, ignore_index=IGNORE_INDEX)}
@@ -247,17 +235,12 @@ def train_segmenter(model: FCN, train: SegmentationDataset, settings: dict[str, 
                 raise TransferError(f"segmentation loss is {loss.item()} at iteration {it + 1}; "
                                     "lower --lr")
             loss = loss.nan_to_num(0.0)  # an all-ignore crop: nothing to learn from
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        show(it, losses[-1], lr, {k: float(v.detach()) for k, v in parts.items()})
-        it += 1
-        if it >= iters:
-            break
-    tail = losses[-min(20, len(losses)):]
-    return {"losses": losses, "final_loss": float(np.mean(tail)),
-            "train_s": time.perf_counter() - t0}
+        return loss, parts
+
+    return train_iterations(model, train, settings, optimizer=optimizer, lr_at=lr_at,
+                            losses_of=losses_of, label="segmentation", device=device, seed=seed,
+                            workers=workers, log_every=log_every, rank=rank, world=world,
+                            progress=progress)
 
 
 @torch.no_grad()
@@ -307,10 +290,7 @@ def run_segmentation(model_spec: Any, train_set: SegmentationSet, test_set: Segm
     if rank != 0:
         return None
     if save:
-        from ..checkpoint import atomic_save
-
-        atomic_save({"format": "byol-segmenter/1", "settings": settings,
-                     "num_classes": num_classes, "model": model.state_dict()}, save)
+        save_finetuned(save, "byol-segmenter/1", settings, model, num_classes=num_classes)
     t1 = time.perf_counter()
     test_ds = SegmentationDataset(test_set, train=False, **common)
     sc = evaluate_segmenter(model, test_ds, device=device, num_classes=num_classes,
@@ -319,15 +299,11 @@ def run_segmentation(model_spec: Any, train_set: SegmentationSet, test_set: Segm
     results: dict[str, Any] = pct(sc)
     if class_names and len(class_names) == num_classes:
         results["IoU"] = dict(zip(class_names, results["IoU"]))
-    results.update(final_loss=hist["final_loss"], first_loss=hist["losses"][0],
-                   train_s=hist["train_s"], eval_s=time.perf_counter() - t1,
-                   confusion=cm if num_classes <= 32 else None)
     keep = dict(settings)
     keep.update(world_size=world, image_size=settings["crop_size"])
-    return make_record(
-        "segmentation", model_spec.label, results, checkpoint=model_spec.checkpoint,
-        arch=model_spec.arch, data=data_info or {}, settings=keep,
-        wall_s=time.perf_counter() - t0)
+    return transfer_record("segmentation", model_spec, results, hist, settings=keep,
+                           data_info=data_info, t0=t0, t1=t1,
+                           confusion=cm if num_classes <= 32 else None)
 
 
 def summary(rec: dict[str, Any]) -> str:
