@@ -48,14 +48,33 @@ def _masks(shape: np.ndarray, x: np.ndarray, y: np.ndarray, s: np.ndarray) -> np
     return out
 
 
-def make_shapes(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` images uint8 [n, size, size, 3] and their labels (class = fill * 5 + shape)."""
+def _start(n: int, classes: int, size: int, seed: int):
+    """The generator, the output array, the labels and the 2x-resolution grid in [-1, 1]."""
     rng = np.random.default_rng(seed)
     images = np.empty((n, size, size, 3), np.uint8)
-    labels = rng.integers(0, len(CLASSES), n)
+    labels = rng.integers(0, classes, n)
     hi = 2 * size
     g = (np.arange(hi) + 0.5) / hi * 2 - 1
     gy, gx = np.meshgrid(g, g, indexing="ij")
+    return rng, images, labels, gx, gy
+
+
+def _rotated(gx: np.ndarray, gy: np.ndarray, cx, cy, ang) -> tuple[np.ndarray, np.ndarray]:
+    """The grid moved to (cx, cy) and turned by ``ang``: per-image coordinates [b, H, W]."""
+    x0, y0 = gx[None] - cx, gy[None] - cy
+    return x0 * np.cos(ang) + y0 * np.sin(ang), -x0 * np.sin(ang) + y0 * np.cos(ang)
+
+
+def _to_uint8(img: np.ndarray, size: int) -> np.ndarray:
+    """A [b, 2*size, 2*size, 3] float image averaged down to ``size`` px, as uint8."""
+    img = img.reshape(len(img), size, 2, size, 2, 3).mean(axis=(2, 4))
+    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def make_shapes(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images uint8 [n, size, size, 3] and their labels (class = fill * 5 + shape)."""
+    rng, images, labels, gx, gy = _start(n, len(CLASSES), size, seed)
+    hi = gx.shape[0]
     for start in range(0, n, batch):
         lab = labels[start : start + batch]
         b = len(lab)
@@ -64,9 +83,7 @@ def make_shapes(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> tup
         scale = rng.uniform(0.35, 0.75, (b, 1, 1))
         cx, cy = rng.uniform(-0.3, 0.3, (2, b, 1, 1))
         ang = rng.uniform(0, 2 * np.pi, (b, 1, 1))
-        x0, y0 = gx[None] - cx, gy[None] - cy
-        x = x0 * np.cos(ang) + y0 * np.sin(ang)
-        y = -x0 * np.sin(ang) + y0 * np.cos(ang)
+        x, y = _rotated(gx, gy, cx, cy, ang)
         mask = _masks(np.broadcast_to(shape[:, None, None], x.shape), x, y,
                       np.broadcast_to(scale, x.shape))
         fg, fg2, bg = rng.uniform(0, 1, (3, b, 1, 1, 3))
@@ -78,8 +95,7 @@ def make_shapes(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> tup
         shade = 1 + rng.uniform(-0.3, 0.3, (b, 1, 1, 1)) * gx[None, ..., None]
         back = bg * shade + rng.normal(0, 0.06, (b, hi, hi, 3))
         img = np.where(mask[..., None], paint, back)
-        img = img.reshape(b, size, 2, size, 2, 3).mean(axis=(2, 4))
-        images[start : start + b] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+        images[start : start + b] = _to_uint8(img, size)
     return images, labels.astype(np.int64)
 
 
@@ -127,20 +143,14 @@ def _pattern(kind: str, x: np.ndarray, y: np.ndarray, f: np.ndarray, rng: np.ran
 def make_textures(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images uint8 [n, size, size, 3] filled with one of ten texture families (the class)
     at a random frequency, rotation, offset and two random colours, with shading and noise."""
-    rng = np.random.default_rng(seed)
-    images = np.empty((n, size, size, 3), np.uint8)
-    labels = rng.integers(0, len(TEXTURES), n)
-    hi = 2 * size
-    g = (np.arange(hi) + 0.5) / hi * 2 - 1
-    gy, gx = np.meshgrid(g, g, indexing="ij")
+    rng, images, labels, gx, gy = _start(n, len(TEXTURES), size, seed)
+    hi = gx.shape[0]
     for start in range(0, n, batch):
         lab = labels[start : start + batch]
         b = len(lab)
         ang = rng.uniform(0, 2 * np.pi, (b, 1, 1))
         off = rng.uniform(-1, 1, (2, b, 1, 1))
-        x0, y0 = gx[None] - off[0], gy[None] - off[1]
-        x = x0 * np.cos(ang) + y0 * np.sin(ang)
-        y = -x0 * np.sin(ang) + y0 * np.cos(ang)
+        x, y = _rotated(gx, gy, off[0], off[1], ang)
         f = rng.uniform(1.5, 3.0, (b, 1, 1))
         pat = np.zeros((b, hi, hi))
         for k, kind in enumerate(TEXTURES):
@@ -150,8 +160,7 @@ def make_textures(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> t
         c1, c2 = rng.uniform(0, 1, (2, b, 1, 1, 3))
         shade = 1 + rng.uniform(-0.3, 0.3, (b, 1, 1, 1)) * gx[None, ..., None]
         img = (c1 + (c2 - c1) * pat[..., None]) * shade + rng.normal(0, 0.05, (b, hi, hi, 3))
-        img = img.reshape(b, size, 2, size, 2, 3).mean(axis=(2, 4))
-        images[start : start + b] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+        images[start : start + b] = _to_uint8(img, size)
     return images, labels.astype(np.int64)
 
 
