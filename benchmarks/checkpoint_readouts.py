@@ -1,8 +1,11 @@
 """Read-outs of one Fashion-MNIST checkpoint: full-bank kNN k=20 of the online encoder, its EMA
 target, the online encoder's layer3 pooled (layer4 dropped) and the online encoder with its
-BatchNorm statistics re-estimated on 10k clean train images.
+BatchNorm statistics re-estimated on 10k clean train images; with ``--crops``, the online
+encoder, the same network at its random init and raw pixels under the standard evaluation crop
+(resize by 256/224, center crop) and on the images as they are (ratio 1).
 
     python benchmarks/checkpoint_readouts.py runs/fmnist_cpu1h/last.pt --json readouts.json
+    python benchmarks/checkpoint_readouts.py runs/fmnist_quick/last.pt --crops
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from byol.eval.transforms import eval_transform
 FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
-def knn20(backbone: nn.Module, cfg, train, test) -> float:
+def knn20(backbone: nn.Module, cfg, train, test, resize_ratio: float = 256 / 224) -> float:
     a = cfg.augment
-    kw = dict(image_size=a.image_size, mean=a.mean, std=a.std, progress=False, batch_size=1024)
+    kw = dict(image_size=a.image_size, mean=a.mean, std=a.std, progress=False, batch_size=1024,
+              resize_ratio=resize_ratio)
     f1 = extract_features(backbone, train, **kw)["pooled"]
     f2 = extract_features(backbone, test, **kw)["pooled"]
     return knn_classify(f1, train.labels, f2, test.labels, ks=(20,))["k=20"]["top1"]
@@ -54,24 +58,50 @@ def main() -> None:
     ap.add_argument("checkpoint")
     ap.add_argument("--data", default=FMNIST, help="the Fashion-MNIST IDX folder")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--crops", action="store_true",
+                    help="instead: byol / random init / raw pixels under both evaluation crops")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     train = open_source("fashion_mnist", args.data, "train")
     test = open_source("fashion_mnist", args.data, "test")
-    out = {}
     online, cfg = load_backbone(args.checkpoint, "online")
+    if args.crops:
+        out = crops(online, cfg, train, test)
+    else:
+        out = readouts(args.checkpoint, online, cfg, train, test)
+    print(json.dumps(out, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+def crops(online: nn.Module, cfg, train, test) -> dict[str, float]:
+    from byol.models import build_byol
+
+    torch.manual_seed(cfg.train.seed)
+    random_init = build_byol(cfg.model).backbone
+    a, out = cfg.augment, {}
+    for name, ratio in (("standard crop", 256 / 224), ("as they are", 1.0)):
+        out[f"byol, {name}"] = knn20(online, cfg, train, test, ratio)
+        out[f"random init, {name}"] = knn20(random_init, cfg, train, test, ratio)
+        x1 = eval_transform(train.images, a.image_size, a.mean, a.std, ratio).flatten(1)
+        x2 = eval_transform(test.images, a.image_size, a.mean, a.std, ratio).flatten(1)
+        out[f"raw pixels, {name}"] = knn_classify(x1, train.labels, x2, test.labels,
+                                                  ks=(20,))["k=20"]["top1"]
+    return out
+
+
+def readouts(path: str, online: nn.Module, cfg, train, test) -> dict[str, float]:
+    out = {}
     out["online"] = knn20(online, cfg, train, test)
-    out["target"] = knn20(load_backbone(args.checkpoint, "target")[0], cfg, train, test)
+    out["target"] = knn20(load_backbone(path, "target")[0], cfg, train, test)
     if hasattr(online, "layer4"):
         cut = copy.deepcopy(online)
         cut.layer4 = nn.Identity()
         out["online_layer3"] = knn20(cut, cfg, train, test)
     out["online_bn_reestimated"] = knn20(reestimate_bn(online, cfg, train), cfg, train, test)
-    print(json.dumps(out, indent=1))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+    return out
 
 
 if __name__ == "__main__":
