@@ -77,19 +77,15 @@ def main() -> None:
 
 
 def crops(online: nn.Module, cfg, train, test) -> dict[str, float]:
+    from byol.eval.features import PixelBackbone
     from byol.models import build_byol
 
     torch.manual_seed(cfg.train.seed)
-    random_init = build_byol(cfg.model).backbone
-    a, out = cfg.augment, {}
-    for name, ratio in (("standard crop", 256 / 224), ("as they are", 1.0)):
-        out[f"byol, {name}"] = knn20(online, cfg, train, test, ratio)
-        out[f"random init, {name}"] = knn20(random_init, cfg, train, test, ratio)
-        x1 = eval_transform(train.images, a.image_size, a.mean, a.std, ratio).flatten(1)
-        x2 = eval_transform(test.images, a.image_size, a.mean, a.std, ratio).flatten(1)
-        out[f"raw pixels, {name}"] = knn_classify(x1, train.labels, x2, test.labels,
-                                                  ks=(20,))["k=20"]["top1"]
-    return out
+    nets = {"byol": online, "random init": build_byol(cfg.model).backbone,
+            "raw pixels": PixelBackbone(cfg.model.in_chans)}
+    return {f"{who}, {name}": knn20(net, cfg, train, test, ratio)
+            for name, ratio in (("standard crop", 256 / 224), ("as they are", 1.0))
+            for who, net in nets.items()}
 
 
 def readouts(path: str, online: nn.Module, cfg, train, test) -> dict[str, float]:
