@@ -9,6 +9,12 @@ train and test use disjoint seeds. Writes OUT/train.npz and OUT/test.npz with ``
 
     python benchmarks/shapes_data.py --out data/shapes --train 20000 --test 5000 --size 32
 
+Coloured shapes (``--kind colours``): where colour carries part of the class, as in natural
+images: ten classes = five shapes x two colour families (warm: red-orange-yellow hues, cool:
+cyan-blue hues), drawn like the shapes above (random position, size, rotation, solid or striped,
+saturation and value) on a noisy, shaded background of a random grey; checks that a recipe which
+plays colour down (heavy grayscale) does not lose what colour tells.
+
 Textures (``--kind textures``): ten classes = ten texture families (stripes, checker, dots,
 rings, waves, crosshatch, blobs, grain, spiral, bricks) filling the whole image at a random
 frequency, rotation and offset in two random colours, shaded and noisy.
@@ -99,6 +105,56 @@ def make_shapes(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> tup
     return images, labels.astype(np.int64)
 
 
+HUE_FAMILIES = ("warm", "cool")
+COLOUR_CLASSES = tuple(f"{s}-{h}" for h in HUE_FAMILIES for s in SHAPES)
+
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """HSV in [0, 1] (any matching shapes) -> RGB stacked on a new last axis."""
+    i = np.floor(h * 6) % 6
+    f = h * 6 - np.floor(h * 6)
+    p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
+    r = np.select([i == 0, i == 1, i == 2, i == 3, i == 4, i == 5], [v, q, p, p, t, v])
+    g = np.select([i == 0, i == 1, i == 2, i == 3, i == 4, i == 5], [t, v, v, q, p, p])
+    b = np.select([i == 0, i == 1, i == 2, i == 3, i == 4, i == 5], [p, p, t, v, v, q])
+    return np.stack([r, g, b], axis=-1)
+
+
+def make_colour_shapes(n: int, size: int = 32, seed: int = 0,
+                       batch: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images uint8 [n, size, size, 3] and labels (class = hue family * 5 + shape): the
+    object's hue comes from its class's family (warm 0.95-1.15 mod 1, cool 0.45-0.65), half the
+    objects striped with a second colour of the same family, on a random grey background."""
+    rng, images, labels, gx, gy = _start(n, len(COLOUR_CLASSES), size, seed)
+    hi = gx.shape[0]
+    for start in range(0, n, batch):
+        lab = labels[start : start + batch]
+        b = len(lab)
+        shape, family = lab % len(SHAPES), lab // len(SHAPES)
+        scale = rng.uniform(0.35, 0.75, (b, 1, 1))
+        cx, cy = rng.uniform(-0.3, 0.3, (2, b, 1, 1))
+        ang = rng.uniform(0, 2 * np.pi, (b, 1, 1))
+        x, y = _rotated(gx, gy, cx, cy, ang)
+        mask = _masks(np.broadcast_to(shape[:, None, None], x.shape), x, y,
+                      np.broadcast_to(scale, x.shape))
+        base = np.where(family == 0, 0.95, 0.45)[:, None, None]
+        hues = (base[None] + rng.uniform(0, 0.2, (2, b, 1, 1))) % 1.0
+        sat = rng.uniform(0.5, 1.0, (2, b, 1, 1))
+        val = rng.uniform(0.5, 1.0, (2, b, 1, 1))
+        fg, fg2 = _hsv_to_rgb(hues, sat, val)
+        phi = rng.uniform(0, np.pi, (b, 1, 1))
+        freq = rng.uniform(5, 9, (b, 1, 1)) * np.pi
+        stripes = (np.sin(freq * (x * np.cos(phi) + y * np.sin(phi))) > 0)[..., None]
+        striped = (rng.uniform(0, 1, b) < 0.5)[:, None, None, None]
+        paint = np.where(striped & stripes, fg2, fg)
+        grey = rng.uniform(0.1, 0.9, (b, 1, 1, 1))
+        shade = 1 + rng.uniform(-0.3, 0.3, (b, 1, 1, 1)) * gx[None, ..., None]
+        back = grey * shade + rng.normal(0, 0.06, (b, hi, hi, 3))
+        img = np.where(mask[..., None], paint, back)
+        images[start : start + b] = _to_uint8(img, size)
+    return images, labels.astype(np.int64)
+
+
 TEXTURES = ("stripes", "checker", "dots", "rings", "waves", "crosshatch", "blobs", "grain",
             "spiral", "bricks")
 
@@ -164,7 +220,8 @@ def make_textures(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> t
     return images, labels.astype(np.int64)
 
 
-KINDS = {"shapes": (make_shapes, CLASSES), "textures": (make_textures, TEXTURES)}
+KINDS = {"shapes": (make_shapes, CLASSES), "textures": (make_textures, TEXTURES),
+         "colours": (make_colour_shapes, COLOUR_CLASSES)}
 
 
 def main() -> None:
@@ -175,7 +232,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--kind", choices=sorted(KINDS), default="shapes",
-                    help="shapes: an object on a background; textures: the whole image is one texture")
+                    help="shapes: an object on a background; textures: the whole image is one texture; "
+                    "colours: an object whose hue family is half its class")
     args = ap.parse_args()
     make, classes = KINDS[args.kind]
     out = Path(args.out)

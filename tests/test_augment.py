@@ -363,3 +363,26 @@ def test_generator_seeding_is_reproducible():
     assert not torch.allclose(a1, c1) and not torch.allclose(a2, c2)
     # input untouched (uint8 converted into a new tensor)
     assert torch.equal(imgs, _images(8, 3, 20))
+
+
+def test_grayscale_probability_leaves_one_channel_views_and_the_random_stream_alone():
+    """A grayscale probability (the monitor's hint for colour data) cannot change a one-channel
+    run: the op is the identity there and draws the same random numbers whatever its p."""
+    from byol.config import AugmentConfig, ViewConfig
+
+    images = torch.randint(0, 256, (16, 1, 28, 28), dtype=torch.uint8)
+    outs = []
+    for p in (0.2, 0.8):
+        view = ViewConfig(crop_scale=(0.2, 1.0), grayscale_p=p)
+        aug = BYOLAugment(AugmentConfig(image_size=28, mean=(0.5,), std=(0.25,), view1=view,
+                                        view2=view), in_chans=1)
+        g = torch.Generator().manual_seed(3)
+        a, b = aug(images, g)
+        outs.append((a, b, torch.rand(4, generator=g)))
+    for x, y in zip(outs[0], outs[1]):
+        assert torch.equal(x, y)
+    # on three channels the probability does act
+    rgb = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8).float() / 255
+    gray = grayscale(rgb, 1.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(gray[:, 0], gray[:, 1]) and not torch.allclose(rgb[:, 0], rgb[:, 1])
+    assert torch.equal(grayscale(rgb, 0.0, torch.Generator().manual_seed(0)), rgb)

@@ -344,3 +344,16 @@ def test_a_run_that_did_not_help_says_so(tmp_path, caplog, monkeypatch):
     text = caplog.text
     assert "vs the same network at random init" in text
     assert "has not (yet) improved the features" in text and "crop_scale" in text
+    # colour images (the synthetic source) seen mostly in colour: the colour shortcut is named
+    assert cfg.model.in_chans == 3 and "grayscale_p=0.8" in text
+
+
+def test_the_colour_hint_is_only_for_colour_views(tmp_path):
+    base = {"log.knn_every_steps": 4}
+    hint = monitor.KnnMonitor._colour_hint
+    for extra, wanted in (({}, True),
+                          ({"augment.view1.grayscale_p": 0.8, "augment.view2.grayscale_p": 0.8}, False),
+                          ({"model.in_chans": 1, "augment.mean": "[0.5]", "augment.std": "[0.25]"}, False)):
+        cfg = tiny_config(tmp_path, **base, **extra)
+        holder = type("M", (), {"cfg": cfg})()
+        assert bool(hint(holder)) is wanted, extra

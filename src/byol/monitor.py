@@ -137,6 +137,17 @@ class KnnMonitor:
             return "monitor subsets"
         return f"bank {len(idx['bank'])} train images, {len(idx['queries'])} held-out queries"
 
+    def _colour_hint(self) -> str:
+        """On colour images whose views are mostly in colour: the colours the two views share can
+        be all a short run learns (generated shapes and textures in docs/RESULTS.md: at or below
+        the random init after 7 epochs, far above it after 28 or with 80% grayscale views; the
+        grayscale costs where colour is part of the class, so it is a hint, not a default)."""
+        a = self.cfg.augment
+        if self.cfg.model.in_chans != 3 or min(a.view1.grayscale_p, a.view2.grayscale_p) >= 0.8:
+            return ""
+        return (", or the colours both views share, if colour is not what tells your classes "
+                "apart (try augment.view1.grayscale_p=0.8 and the same for view2)")
+
     def say_verdict(self, v: dict[str, float]) -> None:
         """Did pretraining help? The monitor's last kNN next to its first (the same network at
         its random initialisation, on the same bank and queries), and what to try when not."""
@@ -150,5 +161,5 @@ class KnnMonitor:
                 "init. Likely causes: too few optimiser steps (%d; raise train.epochs or "
                 "train.time_budget), augmentation too strong for %d px images (try "
                 "augment.view1.crop_scale=[0.5,1.0], the same for view2, and blur_p=0), or steps "
-                "too small (raise optim.eta with LARS, or optim.base_lr)",
-                v["final"], v["init"], v["step"], a.image_size)
+                "too small (raise optim.eta with LARS, or optim.base_lr)%s",
+                v["final"], v["init"], v["step"], a.image_size, self._colour_hint())

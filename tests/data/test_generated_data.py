@@ -1,5 +1,5 @@
 """benchmarks/shapes_data.py: the generated data of another kind that the learn-fast study checks
-its recipe on (shapes and textures) -- seeded, ten classes, readable by byol's numpy source."""
+its recipe on (shapes, textures, coloured shapes) -- seeded, ten classes, readable by byol's numpy source."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _module():
     return mod
 
 
-@pytest.mark.parametrize("kind", ["shapes", "textures"])
+@pytest.mark.parametrize("kind", ["shapes", "textures", "colours"])
 def test_generators_are_seeded_and_cover_every_class(kind):
     make, classes = _module().KINDS[kind]
     x, y = make(300, 16, seed=3, batch=64)
@@ -46,3 +46,18 @@ def test_written_files_open_as_a_numpy_source(tmp_path):
     assert tuple(train.images.shape) == (40, 3, 16, 16) and len(test.labels) == 20
     # train and test come from different seeds
     assert not np.array_equal(train.images[:20].numpy(), test.images.numpy())
+
+
+def test_coloured_shapes_take_their_hue_from_the_class():
+    """``--kind colours``: warm classes (0-4) are drawn in red-yellow hues, cool ones (5-9) in
+    cyan-blue, on a grey background: the object's most saturated pixels tell the family."""
+    import colorsys
+
+    x, y = _module().make_colour_shapes(200, 32, seed=1, batch=64)
+    rgb = x.reshape(200, -1, 3).astype(float) / 255
+    sat = rgb.max(axis=2) - rgb.min(axis=2)
+    for img, s, label in zip(rgb, sat, y):
+        r, g, b = img[s.argmax()]  # a pixel of the object (the background is grey)
+        h = colorsys.rgb_to_hsv(r, g, b)[0]
+        warm = h >= 0.9 or h <= 0.2
+        assert warm == (label < 5), (label, h)
