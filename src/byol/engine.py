@@ -330,7 +330,9 @@ class Trainer:
                "monitor_s": round(self.monitor.total, 2), **res}
         self._record(row)
         if bar is not None:
-            bar.set_postfix_str(f"{bar.postfix or ''}, knn={self.monitor.last:.1f}".lstrip(", "))
+            # a disabled bar (log.progress=false) has no postfix until one is set
+            shown = getattr(bar, "postfix", None) or ""
+            bar.set_postfix_str(f"{shown}, knn={self.monitor.last:.1f}".lstrip(", "))
         if self.dist.is_main:
             log.info("step %d: kNN %s (%.1f s)", self.state.step,
                      ", ".join(f"{n}={v:.2f}" for n, v in res.items()), self.monitor.cost)
