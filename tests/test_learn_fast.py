@@ -369,3 +369,23 @@ def test_a_monitor_point_before_any_log_row_of_an_epoch_with_the_bar_off(tmp_pat
     res = Trainer(cfg).train()
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "knn_top1_k5" in r] == list(range(0, res["steps"] + 1, 2))
+
+
+def test_the_verdict_knows_the_monitors_noise(tmp_path, caplog):
+    # one standard error of a difference of two accuracies on n queries each
+    assert monitor.verdict_noise(50.0, 50.0, 100) == pytest.approx(100 * (0.5 / 100) ** 0.5, abs=0.01)
+    assert monitor.verdict_noise(10.6, 12.6, 500) == pytest.approx(2.03, abs=0.01)
+    assert monitor.verdict_noise(70.0, 77.0, 4000) < monitor.verdict_noise(70.0, 77.0, 1000)
+    cfg = tiny_config(tmp_path, **{"log.out_dir": str(tmp_path)})
+    m = monitor.KnnMonitor(cfg, torch.device("cpu"), True)
+    m.indices = {"bank": list(range(2000)), "queries": list(range(500))}
+    v = {"init": 10.6, "final": 12.6, "gain": 2.0, "step": 4243}
+    v["noise"] = m.noise(v)
+    with caplog.at_level("INFO", logger="byol"):
+        m.say_verdict(v)
+    assert "not clearly ahead" in caplog.text and "2.0 points with bank 2000" in caplog.text
+    assert "has not (yet) improved" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="byol"):
+        m.say_verdict({**v, "final": 30.6, "gain": 20.0})  # far above the noise: no warning
+    assert "WARNING" not in caplog.text

@@ -671,6 +671,9 @@ class Trainer:
                                       if r.get("loss") is not None), None)}
         verdict = monitor_verdict(self.state.history, k)
         if verdict is not None:
+            noise = self.monitor.noise(verdict)
+            if noise is not None:
+                verdict["noise"] = noise
             result["knn_monitor"] = verdict
             if self.dist.is_main:
                 self.monitor.say_verdict(verdict)
