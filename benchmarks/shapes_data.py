@@ -71,6 +71,27 @@ def _rotated(gx: np.ndarray, gy: np.ndarray, cx, cy, ang) -> tuple[np.ndarray, n
     return x0 * np.cos(ang) + y0 * np.sin(ang), -x0 * np.sin(ang) + y0 * np.cos(ang)
 
 
+def _placed(rng: np.random.Generator, gx: np.ndarray, gy: np.ndarray, shape: np.ndarray):
+    """Per-image coordinates of objects of kind ``shape`` [b] at a random size, position and
+    rotation, and their masks [b, H, W]."""
+    b = len(shape)
+    scale = rng.uniform(0.35, 0.75, (b, 1, 1))
+    cx, cy = rng.uniform(-0.3, 0.3, (2, b, 1, 1))
+    ang = rng.uniform(0, 2 * np.pi, (b, 1, 1))
+    x, y = _rotated(gx, gy, cx, cy, ang)
+    mask = _masks(np.broadcast_to(shape[:, None, None], x.shape), x, y,
+                  np.broadcast_to(scale, x.shape))
+    return x, y, mask
+
+
+def _stripes(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Stripes [b, H, W, 1] at a random angle and frequency on the objects' coordinates."""
+    b = x.shape[0]
+    phi = rng.uniform(0, np.pi, (b, 1, 1))
+    freq = rng.uniform(5, 9, (b, 1, 1)) * np.pi
+    return (np.sin(freq * (x * np.cos(phi) + y * np.sin(phi))) > 0)[..., None]
+
+
 def _to_uint8(img: np.ndarray, size: int) -> np.ndarray:
     """A [b, 2*size, 2*size, 3] float image averaged down to ``size`` px, as uint8."""
     img = img.reshape(len(img), size, 2, size, 2, 3).mean(axis=(2, 4))
@@ -86,16 +107,9 @@ def make_shapes(n: int, size: int = 32, seed: int = 0, batch: int = 2048) -> tup
         b = len(lab)
         shape, fill = lab % len(SHAPES), lab // len(SHAPES)
 
-        scale = rng.uniform(0.35, 0.75, (b, 1, 1))
-        cx, cy = rng.uniform(-0.3, 0.3, (2, b, 1, 1))
-        ang = rng.uniform(0, 2 * np.pi, (b, 1, 1))
-        x, y = _rotated(gx, gy, cx, cy, ang)
-        mask = _masks(np.broadcast_to(shape[:, None, None], x.shape), x, y,
-                      np.broadcast_to(scale, x.shape))
+        x, y, mask = _placed(rng, gx, gy, shape)
         fg, fg2, bg = rng.uniform(0, 1, (3, b, 1, 1, 3))
-        phi = rng.uniform(0, np.pi, (b, 1, 1))
-        freq = rng.uniform(5, 9, (b, 1, 1)) * np.pi
-        stripes = (np.sin(freq * (x * np.cos(phi) + y * np.sin(phi))) > 0)[..., None]
+        stripes = _stripes(rng, x, y)
         striped = (fill == 1)[:, None, None, None]
         paint = np.where(striped & stripes, fg2, fg)
         shade = 1 + rng.uniform(-0.3, 0.3, (b, 1, 1, 1)) * gx[None, ..., None]
@@ -131,20 +145,13 @@ def make_colour_shapes(n: int, size: int = 32, seed: int = 0,
         lab = labels[start : start + batch]
         b = len(lab)
         shape, family = lab % len(SHAPES), lab // len(SHAPES)
-        scale = rng.uniform(0.35, 0.75, (b, 1, 1))
-        cx, cy = rng.uniform(-0.3, 0.3, (2, b, 1, 1))
-        ang = rng.uniform(0, 2 * np.pi, (b, 1, 1))
-        x, y = _rotated(gx, gy, cx, cy, ang)
-        mask = _masks(np.broadcast_to(shape[:, None, None], x.shape), x, y,
-                      np.broadcast_to(scale, x.shape))
+        x, y, mask = _placed(rng, gx, gy, shape)
         base = np.where(family == 0, 0.95, 0.45)[:, None, None]
         hues = (base[None] + rng.uniform(0, 0.2, (2, b, 1, 1))) % 1.0
         sat = rng.uniform(0.5, 1.0, (2, b, 1, 1))
         val = rng.uniform(0.5, 1.0, (2, b, 1, 1))
         fg, fg2 = _hsv_to_rgb(hues, sat, val)
-        phi = rng.uniform(0, np.pi, (b, 1, 1))
-        freq = rng.uniform(5, 9, (b, 1, 1)) * np.pi
-        stripes = (np.sin(freq * (x * np.cos(phi) + y * np.sin(phi))) > 0)[..., None]
+        stripes = _stripes(rng, x, y)
         striped = (rng.uniform(0, 1, b) < 0.5)[:, None, None, None]
         paint = np.where(striped & stripes, fg2, fg)
         grey = rng.uniform(0.1, 0.9, (b, 1, 1, 1))
