@@ -386,3 +386,44 @@ def test_grayscale_probability_leaves_one_channel_views_and_the_random_stream_al
     gray = grayscale(rgb, 1.0, torch.Generator().manual_seed(0))
     assert torch.allclose(gray[:, 0], gray[:, 1]) and not torch.allclose(rgb[:, 0], rgb[:, 1])
     assert torch.equal(grayscale(rgb, 0.0, torch.Generator().manual_seed(0)), rgb)
+
+
+def test_hue_on_cpu_converts_only_the_selected_samples_with_the_same_values():
+    # the CPU path converts the selected samples only; the accelerator path converts the batch
+    # and selects with torch.where: both must give the same bits (the run's numbers do not
+    # depend on which path ran)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 16, 16, generator=g)
+    hue = torch.rand(64, generator=g) * 0.4 - 0.2
+    one = torch.ones(64)
+    for sel in (torch.rand(64, generator=g) < 0.3, torch.zeros(64, dtype=torch.bool),
+                torch.ones(64, dtype=torch.bool)):
+        want = torch.where(sel.view(-1, 1, 1, 1), A._adjust_hue(x, torch.where(sel, hue, 0 * one)), x)
+        got = A._hue_where(x, sel, hue, one)
+        assert torch.equal(got, want)
+        assert torch.equal(got[~sel], x[~sel])  # the others untouched
+        if sel.any():
+            assert not torch.equal(got[sel], x[sel])
+
+
+def test_hue_path_does_not_change_a_view(monkeypatch):
+    # the whole jitter with the CPU path against the same jitter forced onto the where path
+    x = torch.rand(48, 3, 12, 12, generator=torch.Generator().manual_seed(3))
+    view = ViewConfig(jitter_p=0.8, hue=0.2)
+    fast = color_jitter(x.clone(), view, torch.Generator().manual_seed(4))
+
+    def where_path(x, sel, hue, one):
+        return torch.where(sel.view(-1, 1, 1, 1), A._adjust_hue(x, torch.where(sel, hue, 0 * one)), x)
+
+    monkeypatch.setattr(A, "_hue_where", where_path)
+    slow = color_jitter(x.clone(), view, torch.Generator().manual_seed(4))
+    assert torch.equal(fast, slow)
+
+
+def test_views_not_jittered_are_left_bit_for_bit():
+    # torchvision leaves an image alone when the jitter is not drawn; so must the hue step
+    # (an HSV round trip is not exactly the identity)
+    x = torch.rand(400, 3, 6, 6, generator=torch.Generator().manual_seed(0))
+    out = color_jitter(x.clone(), ViewConfig(jitter_p=0.5, hue=0.2), torch.Generator().manual_seed(1))
+    same = (out == x).flatten(1).all(dim=1)
+    assert 0.4 < same.float().mean().item() < 0.6
