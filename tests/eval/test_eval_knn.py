@@ -177,3 +177,22 @@ def test_random_baseline_of_a_stride_2_checkpoint_has_the_checkpoint_s_stem(tmp_
     random = load_eval_model(str(tmp_path / "c.pt"), baseline="random", seed=0)
     assert trained.backbone.conv1.stride == random.backbone.conv1.stride == (2, 2)
     assert "stride2" in random.key
+
+
+def test_random_baseline_of_a_checkpoint_is_its_run_s_initial_network(tmp_path):
+    # without --seed, --baseline random next to a checkpoint is the network that run started
+    # from (its train.seed), not whatever seed 0 would build; an explicit seed still wins
+    from conftest import tiny_config
+
+    from byol.engine import Trainer
+    from byol.eval.loading import load_eval_model
+
+    tr = Trainer(tiny_config(tmp_path / "r", **{"train.seed": 3, "train.max_steps": 1}))
+    start = {k: v.clone() for k, v in tr.model.online.backbone.state_dict().items()}
+    tr.train()
+    ckpt = str(tmp_path / "r" / "last.pt")
+    same = load_eval_model(ckpt, baseline="random").backbone.state_dict()
+    assert all(torch.equal(same[k], v) for k, v in start.items())
+    other = load_eval_model(ckpt, baseline="random", seed=0).backbone.state_dict()
+    assert not torch.equal(other["conv1.weight"], start["conv1.weight"])
+    assert "seed3" in load_eval_model(ckpt, baseline="random").key

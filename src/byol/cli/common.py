@@ -103,7 +103,10 @@ def model_args(p: argparse.ArgumentParser, *, verb: str, baselines: tuple[str, .
     g.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="baseline uses the 3x3 stride-1 stem without max-pool")
     g.add_argument("--width", type=int, help="baseline first-stage width (default 64)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the random init and protocols")
+    g.add_argument("--seed", type=int, default=None,
+                   help="seed of the random init (default: the checkpoint's training seed, so "
+                   "--baseline random is that network before training; 0 without a "
+                   "checkpoint) and of the protocols' draws (default 0)")
     g.add_argument("--label", help=f"row name in reports (default {label_default})")
     g.add_argument("--trust", action="store_true",
                    help="allow full unpickling of a foreign checkpoint you trust")

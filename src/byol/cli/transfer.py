@@ -259,7 +259,7 @@ def cmd_detection(args: argparse.Namespace) -> int:
     log.info("data read in %.1f s: %d train / %d test images, %d classes",
              time.perf_counter() - t0, len(train), len(test), len(train.classes))
     return _run_models(args, summary, lambda spec, save: run_detection(
-        spec, train, test, s, device=device, seed=args.seed, workers=args.workers,
+        spec, train, test, s, device=device, seed=args.seed or 0, workers=args.workers,
         log_every=args.log_every, data_info=data_info, save=save, rank=info.rank,
         world=info.world_size, progress=not args.quiet))
 
@@ -298,7 +298,7 @@ def cmd_segmentation(args: argparse.Namespace) -> int:
     log.info("data read in %.1f s: %d train / %d test images", time.perf_counter() - t0,
              len(train), len(test))
     return _run_models(args, summary, lambda spec, save: run_segmentation(
-        spec, train, test, s, device=device, seed=args.seed, workers=args.workers,
+        spec, train, test, s, device=device, seed=args.seed or 0, workers=args.workers,
         log_every=args.log_every, data_info=data_info, class_names=names, save=save,
         rank=info.rank, world=info.world_size, progress=not args.quiet))
 

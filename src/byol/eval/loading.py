@@ -44,7 +44,7 @@ def load_eval_model(
     in_chans: int | None = None,
     small_stem: bool | None = None,
     width: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     image_size: int | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
@@ -54,8 +54,9 @@ def load_eval_model(
 
     * ``checkpoint`` alone: a byol checkpoint (or an mmselfsup / torchvision one, converted in
       memory), with its image size and normalisation.
-    * ``baseline="random"``: a randomly initialised backbone (``seed``) of the checkpoint's
-      architecture when a checkpoint is given too, else of ``arch``/``in_chans``/...
+    * ``baseline="random"``: a randomly initialised backbone of the checkpoint's architecture
+      when a checkpoint is given too, else of ``arch``/``in_chans``/...; ``seed`` None means
+      the checkpoint's ``train.seed`` (the same network before training) or 0.
     * ``baseline="pixels"``: the flattened, normalised evaluation crop.
     * ``baseline="torchvision"``: torchvision's ImageNet-supervised weights from the local
       torch hub cache (nothing is downloaded).
@@ -105,6 +106,8 @@ def load_eval_model(
                     f"{own}): the checkpoint fixes the model; drop {flag} (it only applies to "
                     "--baseline)")
     elif baseline == "random":
+        if seed is None:  # the checkpoint's own initial network
+            seed = cfg.train.seed if cfg is not None else 0
         with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
             torch.manual_seed(seed)
             bb = build_backbone(arch_, in_, small_, width_, stride_)

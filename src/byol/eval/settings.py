@@ -183,7 +183,7 @@ class ModelChoice:
     in_chans: int | None = None
     small_stem: bool | None = None
     width: int | None = None
-    seed: int = 0
+    seed: int | None = None  # None: see load_eval_model (random init) / 0 (protocols)
     label: str | None = None
     trust: bool = False
 

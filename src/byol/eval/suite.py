@@ -393,6 +393,11 @@ def _voc07_data(root: str, size: int):
     return train, test, (trs.targets, tes.targets), info
 
 
+def _protocol_seed(model: ModelChoice) -> int:
+    """The seed of the protocols' draws (splits, subsets, initial heads): ``--seed``, or 0."""
+    return 0 if model.seed is None else model.seed
+
+
 def build_evaluators(model: ModelChoice, data: DataChoice, run: RunSettings | None = None,
                      baselines: Sequence[str] = ()) -> list[Evaluator]:
     """The Evaluator(s) of the model choice (a checkpoint or a baseline), then any extra
@@ -425,7 +430,7 @@ def build_evaluators(model: ModelChoice, data: DataChoice, run: RunSettings | No
         image_size = data.image_size or (first.image_size if cfg is not None
                                          else NATIVE_SIZE.get(source, 224))
         train, test, data_info = open_eval_pair(
-            data, source, path, image_size, model.seed,
+            data, source, path, image_size, _protocol_seed(model),
             default_test_split=cfg.data.val_split if cfg is not None else "test",
             default_test_data=cfg.data.val_path if own_data else "")
     if cfg is None:  # baseline without a checkpoint: fit the data
@@ -450,6 +455,6 @@ def build_evaluators(model: ModelChoice, data: DataChoice, run: RunSettings | No
         m, train, test, device=run.device, precision=run.precision,
         batch_size=run.batch_size, cache_dir=run.cache_dir, num_workers=run.workers,
         progress=not run.quiet, n_jobs=run.n_jobs, data_info=data_info, targets=targets,
-        resize_ratio=resize_ratio, seed=model.seed,
+        resize_ratio=resize_ratio, seed=_protocol_seed(model),
         label=model.label if (i == 0 and model.label) else None)
         for i, m in enumerate(models)]

@@ -108,7 +108,7 @@ def dump_presets(table: Mapping[str, dict[str, Any]]) -> str:
 
 
 def load_transfer_backbone(checkpoint: str | None, baseline: str | None, *, which="online",
-                           arch=None, in_chans=None, small_stem=None, width=None, seed=0,
+                           arch=None, in_chans=None, small_stem=None, width=None, seed=None,
                            trust=False):
     """:class:`byol.eval.features.EvalModel` for a byol checkpoint (foreign ResNet weights also
     load) or a baseline: ``random`` (the checkpoint's architecture when one is given, seeded) or
