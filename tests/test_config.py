@@ -207,7 +207,7 @@ def test_yaml_base_inheritance(tmp_path):
     cfg = load_config(str(path))
     assert cfg.train.epochs == 9
     assert cfg.model.width == 16  # from fmnist_quick
-    assert cfg.train.batch_size == 64 and cfg.train.time_budget == "7m"  # from fmnist_quick
+    assert cfg.train.batch_size == 64 and cfg.train.time_budget == "8m"  # from fmnist_quick
 
 
 def test_optional_bool_accepts_bool_and_null():

@@ -161,11 +161,31 @@ def test_recheck_window_sits_in_the_first_part_of_the_run():
 def test_rate_probe_leaves_out_paused_seconds(monkeypatch):
     clock = iter([10.0, 30.0])
     monkeypatch.setattr(budget.time, "perf_counter", lambda: next(clock))
-    probe = budget.RateProbe(0, torch.device("cpu"), (100, 200))
+    probe = budget.RateProbe(0, torch.device("cpu"), (100, 200), chunks=1)
     assert not probe.mark(150, paused_s=0.0)  # not a bound of the window: no time read
     assert not probe.mark(100, paused_s=1.0)
     assert probe.mark(200, paused_s=11.0)  # 20 s between the marks, 10 of them in the monitor
     assert probe.rate() == pytest.approx(100 / 10.0)
+
+
+def test_rate_probe_is_the_median_of_its_chunks_so_one_slow_stretch_does_not_set_it(monkeypatch):
+    # 8 chunks of 10 steps over steps 100-180: 1 s each, except the third (another program
+    # starting: 6 s) -> the median chunk rate is 10 steps/s where the whole window's mean is 80/13
+    seconds = [1.0, 1.0, 6.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    times = [0.0]
+    for s in seconds:
+        times.append(times[-1] + s)
+    clock = iter(times)
+    monkeypatch.setattr(budget.time, "perf_counter", lambda: next(clock))
+    probe = budget.RateProbe(0, torch.device("cpu"), (100, 180), chunks=8)
+    assert probe.bounds == list(range(100, 181, 10))
+    done = [probe.mark(step) for step in range(95, 185)]
+    assert done.count(True) == 1 and done[180 - 95]  # complete at the window's end, only there
+    assert len(probe.marks) == 9
+    assert sorted(probe.chunk_rates()) == pytest.approx([10 / 6] + [10.0] * 7)
+    assert probe.rate() == pytest.approx(10.0)
+    # a window shorter than its chunk count is timed step by step
+    assert budget.RateProbe(0, torch.device("cpu"), (10, 13)).bounds == [10, 11, 12, 13]
 
 
 def _two_rates(monkeypatch, first=(1.0, 2.0), second=(0.5, 100.0)):

@@ -5,12 +5,16 @@ count (:func:`budget_steps`); from then on the learning rate and tau schedules e
 count is checked once more later in the run (:func:`recheck_window`), over a window of steps well
 past the start, since the first hundreds of steps can run slower than the rest (on a 2-core CPU
 the first ~300 steps of the quick preset ran at 9.3 steps/s, the rest at 12-13, and the run
-ended after 260 s of a 360-s budget). Both decisions happen at step numbers, the same on every
-process. A resumed run keeps the count stored in its checkpoint whatever its machine's speed.
+ended after 260 s of a 360-s budget). Each window's rate is the median over equal chunks of it,
+so that a passing disturbance (another program starting on a 2-core machine) does not set the
+run's length: one such, during the re-check of a 7-minute quick run, cut it to 329 s. Both
+decisions happen at step numbers, the same on every process. A resumed run keeps the count
+stored in its checkpoint whatever its machine's speed.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -25,6 +29,8 @@ BUDGET_MARGIN = 0.97
 # into the session), measuring the second half of the steps before it; it is skipped when it
 # would come after half the run.
 BUDGET_RECHECK = 0.15
+# Each window is timed in this many equal chunks; its rate is the chunks' median.
+BUDGET_CHUNKS = 8
 
 
 def budget_steps(done: int, elapsed_s: float, budget_s: float, steps_per_s: float,
@@ -50,24 +56,32 @@ def recheck_window(first: int, total: int) -> tuple[int, int] | None:
 class RateProbe:
     """Optimiser steps per second between steps ``start`` and ``end`` (by default
     ``first + BUDGET_PROBE[0]`` and ``first + BUDGET_PROBE[1]`` of a session that starts at step
-    ``first``), not counting time spent elsewhere (the kNN monitor) between the two marks."""
+    ``first``), not counting time spent elsewhere (the kNN monitor) between the marks: the
+    median of the rates of ``chunks`` equal parts of the window, so that one slow stretch (a
+    disturbance from another program, a checkpoint save) does not decide it."""
 
-    def __init__(self, first: int, device: torch.device, window: tuple[int, int] | None = None) -> None:
+    def __init__(self, first: int, device: torch.device, window: tuple[int, int] | None = None,
+                 chunks: int = BUDGET_CHUNKS) -> None:
         self.start, self.end = window or (first + BUDGET_PROBE[0], first + BUDGET_PROBE[1])
+        n = max(1, min(chunks, self.end - self.start))
+        self.bounds = sorted({self.start + round(i * (self.end - self.start) / n) for i in range(n + 1)})
         self.device = device
         self.marks: list[tuple[int, float]] = []
 
     def mark(self, step: int, paused_s: float = 0.0) -> bool:
-        """Note the time after optimiser step ``step`` if it bounds the window (waiting for the
-        device's queue first), less ``paused_s``, the seconds so far spent outside training
-        steps; True once the window is complete."""
-        if step not in (self.start, self.end):
+        """Note the time after optimiser step ``step`` if it bounds a chunk of the window
+        (waiting for the device's queue first), less ``paused_s``, the seconds so far spent
+        outside training steps; True once the window is complete."""
+        if step not in self.bounds:
             return False
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.marks.append((step, time.perf_counter() - paused_s))
         return step == self.end
 
+    def chunk_rates(self) -> list[float]:
+        return [(s1 - s0) / max(t1 - t0, 1e-9)
+                for (s0, t0), (s1, t1) in zip(self.marks, self.marks[1:])]
+
     def rate(self) -> float:
-        (s0, t0), (s1, t1) = self.marks
-        return (s1 - s0) / max(t1 - t0, 1e-9)
+        return statistics.median(self.chunk_rates())
