@@ -161,7 +161,7 @@ def test_recheck_window_sits_in_the_first_part_of_the_run():
 def test_rate_probe_leaves_out_paused_seconds(monkeypatch):
     clock = iter([10.0, 30.0])
     monkeypatch.setattr(budget.time, "perf_counter", lambda: next(clock))
-    probe = budget.RateProbe(0, torch.device("cpu"), (100, 200), chunks=1)
+    probe = budget.RateProbe(0, torch.device("cpu"), (100, 200))
     assert not probe.mark(150, paused_s=0.0)  # not a bound of the window: no time read
     assert not probe.mark(100, paused_s=1.0)
     assert probe.mark(200, paused_s=11.0)  # 20 s between the marks, 10 of them in the monitor
@@ -185,15 +185,20 @@ def test_rate_probe_is_the_median_of_its_chunks_so_one_slow_stretch_does_not_set
     assert sorted(probe.chunk_rates()) == pytest.approx([10 / 6] + [10.0] * 7)
     assert probe.rate() == pytest.approx(10.0)
     # a window shorter than its chunk count is timed step by step
-    assert budget.RateProbe(0, torch.device("cpu"), (10, 13)).bounds == [10, 11, 12, 13]
+    assert budget.RateProbe(0, torch.device("cpu"), (10, 13), chunks=8).bounds == [10, 11, 12, 13]
+    # the first probe (40 steps) is one window, as the engine makes it
+    assert budget.RateProbe(0, torch.device("cpu")).bounds == list(budget.BUDGET_PROBE)
 
 
-def _two_rates(monkeypatch, first=(1.0, 2.0), second=(0.5, 100.0)):
-    """The probe reads ``first`` (steps/s, elapsed s); the re-check reads ``second``."""
+def _two_rates(monkeypatch, first=(1.0, 2.0), second=(0.5, 100.0), windows=None):
+    """The probe reads ``first`` (steps/s, elapsed s); the re-check reads ``second``. Returns
+    the steps at which they were read; ``windows`` gets each probe's chunk bounds."""
     seen = []
+    windows = [] if windows is None else windows
 
     def inputs(self):
         seen.append(self.state.step)
+        windows.append(self._rate.bounds)
         return first if len(seen) == 1 else second
 
     monkeypatch.setattr(Trainer, "_budget_inputs", inputs)
@@ -204,12 +209,15 @@ def test_time_budget_is_checked_again_later_and_the_second_count_holds(tmp_path,
     # probe: 1 step/s, 2 s spent at step 50 of a 200-s budget -> 50 + int(198 * 0.97) = 242 steps;
     # re-check over steps 50-100 (2 x the probe's end, past 15% of 242): 0.5 steps/s, 100 s spent
     # -> 100 + int(100 * 0.97 * 0.5) = 148 steps, where the run ends
-    seen = _two_rates(monkeypatch)
+    windows = []
+    seen = _two_rates(monkeypatch, windows=windows)
     cfg = tiny_config(tmp_path, **{"train.time_budget": "200s", "train.epochs": 1,
                                    "log.save_every": 1000})
     res = Trainer(cfg).train()
     p1 = budget.BUDGET_PROBE[1]
     assert seen == [p1, 2 * p1]
+    # the first probe is one window; the re-check's is timed in BUDGET_CHUNKS chunks (median)
+    assert windows == [list(budget.BUDGET_PROBE), [50, 56, 62, 69, 75, 81, 88, 94, 100]]
     first, final = budget_steps(p1, 2.0, 200.0, 1.0), budget_steps(2 * p1, 100.0, 200.0, 0.5)
     assert (first, final) == (242, 148)
     assert res["steps"] == res["total_steps"] == final

@@ -5,9 +5,11 @@ count (:func:`budget_steps`); from then on the learning rate and tau schedules e
 count is checked once more later in the run (:func:`recheck_window`), over a window of steps well
 past the start, since the first hundreds of steps can run slower than the rest (on a 2-core CPU
 the first ~300 steps of the quick preset ran at 9.3 steps/s, the rest at 12-13, and the run
-ended after 260 s of a 360-s budget). Each window's rate is the median over equal chunks of it,
-so that a passing disturbance (another program starting on a 2-core machine) does not set the
-run's length: one such, during the re-check of a 7-minute quick run, cut it to 329 s. Both
+ended after 260 s of a 360-s budget). The re-check's rate is the median over equal chunks of its
+window, so that a passing disturbance (another program starting on a 2-core machine) does not set
+the run's length: one such, during the re-check of a 7-minute quick run, cut it to 329 s. (The
+first probe's 40 steps are too few to split: chunks of 5 steps read up to a quarter faster than
+the run went on.) Both
 decisions happen at step numbers, the same on every process. A resumed run keeps the count
 stored in its checkpoint whatever its machine's speed.
 """
@@ -29,7 +31,7 @@ BUDGET_MARGIN = 0.97
 # into the session), measuring the second half of the steps before it; it is skipped when it
 # would come after half the run.
 BUDGET_RECHECK = 0.15
-# Each window is timed in this many equal chunks; its rate is the chunks' median.
+# The re-check's window is timed in this many equal chunks; its rate is the chunks' median.
 BUDGET_CHUNKS = 8
 
 
@@ -61,7 +63,7 @@ class RateProbe:
     disturbance from another program, a checkpoint save) does not decide it."""
 
     def __init__(self, first: int, device: torch.device, window: tuple[int, int] | None = None,
-                 chunks: int = BUDGET_CHUNKS) -> None:
+                 chunks: int = 1) -> None:
         self.start, self.end = window or (first + BUDGET_PROBE[0], first + BUDGET_PROBE[1])
         n = max(1, min(chunks, self.end - self.start))
         self.bounds = sorted({self.start + round(i * (self.end - self.start) / n) for i in range(n + 1)})

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import distributed as du
-from .budget import BUDGET_PROBE, RateProbe, budget_steps, recheck_window
+from .budget import BUDGET_CHUNKS, BUDGET_PROBE, RateProbe, budget_steps, recheck_window
 from .checkpoint import FORMAT, load_state_reporting
 from .config import Config, dump_yaml, parse_duration
 from .data.feeders import build_feeder, epoch_permutation, slot_indices
@@ -363,7 +363,7 @@ class Trainer:
         if window is None:
             self.budget_final = True
         else:
-            self._rate = RateProbe(self._session_first, self.device, window)
+            self._rate = RateProbe(self._session_first, self.device, window, BUDGET_CHUNKS)
         if self.dist.is_main:
             log.info("time budget %s%s: %.2f steps/s (%.0f images/s) over steps %d-%d, %.0f s spent "
                      "-> %d optimiser steps in all (%.2f epochs); the lr and tau schedules end there%s",
