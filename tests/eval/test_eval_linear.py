@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from byol.eval.linear import (
     MultiHead,
@@ -42,6 +43,43 @@ def test_linear_probe_sweep_picks_best_heldout_lr():
     res = linear_probe_features(xtr, ytr, xtr, ytr, lrs=(1e-7, 0.1), epochs=5, batch_size=64)
     assert res["val_top1"]["0.1"] > res["val_top1"]["1e-07"]
     assert res["lr"] == 0.1
+
+
+def _scored_sweep(monkeypatch, score):
+    """linear_probe_features with a held-out accuracy of ``score[lr]`` for each lr it fits."""
+    from byol.eval import linear
+
+    fitted = []
+
+    def fake_fit(a, y, c, lr, *rest):
+        fitted.append(lr)
+        return nn.Linear(a.shape[1], c)
+
+    monkeypatch.setattr(linear, "_fit_linear", fake_fit)
+    monkeypatch.setattr(linear, "topk_accuracy",
+                        lambda logits, y: {"top1": score[fitted[-1]], "top5": 100.0})
+    xtr, ytr = _separable(100)
+    return fitted, linear.linear_probe_features(xtr, ytr, xtr[:10], ytr[:10],
+                                                lrs=(0.1, 0.3, 1.0), epochs=1)
+
+
+def test_linear_sweep_goes_on_past_a_best_lr_at_its_top_edge(monkeypatch):
+    # 1.0 beats 0.1 and 0.3 -> 3 (the grid's pattern) is tried, beats it -> 10, which does not
+    fitted, res = _scored_sweep(monkeypatch, {0.1: 50.0, 0.3: 60.0, 1.0: 70.0, 3.0: 75.0,
+                                              10.0: 72.0})
+    assert fitted == [0.1, 0.3, 1.0, 3.0, 10.0, 3.0]  # the sweep, then the final fit at 3
+    assert res["lr"] == 3.0 and set(res["val_top1"]) == {"0.1", "0.3", "1", "3", "10"}
+
+
+def test_linear_sweep_goes_on_below_its_bottom_edge_and_stops_where_it_falls(monkeypatch):
+    fitted, res = _scored_sweep(monkeypatch, {0.1: 70.0, 0.3: 60.0, 1.0: 50.0, 0.03: 65.0})
+    assert fitted == [0.1, 0.3, 1.0, 0.03, 0.1]
+    assert res["lr"] == 0.1
+
+
+def test_linear_sweep_with_a_best_lr_inside_the_grid_is_not_extended(monkeypatch):
+    fitted, res = _scored_sweep(monkeypatch, {0.1: 60.0, 0.3: 70.0, 1.0: 70.0})
+    assert fitted == [0.1, 0.3, 1.0, 0.3] and res["lr"] == 0.3  # ties go to the smaller lr
 
 
 def test_topk_accuracy_values():
