@@ -10,10 +10,9 @@ RUN=${RUN:-runs/fmnist_quick}
 START=$(date +%s.%N)
 byol pretrain --config fmnist_quick --out "$RUN" "$@"
 mkdir -p "$RUN/eval"
-SEED=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['train']['seed'])" \
-  <(python3 -c "import yaml,json,sys; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))" "$RUN/config.yaml"))
 byol eval knn --checkpoint "$RUN/last.pt" --ks 20 --json "$RUN/eval/knn_byol.json" --quiet
-byol eval knn --checkpoint "$RUN/last.pt" --baseline random --seed "$SEED" --ks 20 \
+# --baseline random next to a checkpoint is that run's network before training (its train.seed)
+byol eval knn --checkpoint "$RUN/last.pt" --baseline random --ks 20 \
   --json "$RUN/eval/knn_random.json" --quiet
 byol eval knn --checkpoint "$RUN/last.pt" --baseline pixels --ks 20 \
   --json "$RUN/eval/knn_pixels.json" --quiet
