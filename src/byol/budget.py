@@ -9,9 +9,8 @@ ended after 260 s of a 360-s budget). The re-check's rate is the median over equ
 window, so that a passing disturbance (another program starting on a 2-core machine) does not set
 the run's length: one such, during the re-check of a 7-minute quick run, cut it to 329 s. (The
 first probe's 40 steps are too few to split: chunks of 5 steps read up to a quarter faster than
-the run went on.) Both
-decisions happen at step numbers, the same on every process. A resumed run keeps the count
-stored in its checkpoint whatever its machine's speed.
+the run went on.) Both decisions happen at step numbers, the same on every process. A resumed
+run keeps the count stored in its checkpoint whatever its machine's speed.
 """
 
 from __future__ import annotations
@@ -58,9 +57,9 @@ def recheck_window(first: int, total: int) -> tuple[int, int] | None:
 class RateProbe:
     """Optimiser steps per second between steps ``start`` and ``end`` (by default
     ``first + BUDGET_PROBE[0]`` and ``first + BUDGET_PROBE[1]`` of a session that starts at step
-    ``first``), not counting time spent elsewhere (the kNN monitor) between the marks: the
-    median of the rates of ``chunks`` equal parts of the window, so that one slow stretch (a
-    disturbance from another program, a checkpoint save) does not decide it."""
+    ``first``), not counting time spent elsewhere (the kNN monitor) between the marks; with
+    ``chunks`` > 1, the median of the rates of that many equal parts of the window, so that one
+    slow stretch (a disturbance from another program, a checkpoint save) does not decide it."""
 
     def __init__(self, first: int, device: torch.device, window: tuple[int, int] | None = None,
                  chunks: int = 1) -> None:

@@ -193,14 +193,13 @@ def linear_probe_features(
             raise EvalError("the training set is too small to hold out a validation split")
         a, v = standardize(xtr[ti], xtr[vi])
 
-        def held_out(lr: float) -> float:
+        def held_out(lr: float) -> None:
             head = _fit_linear(a, ytr[ti], c, lr, epochs, batch_size, weight_decay, seed)
             with torch.no_grad():
                 logits = head(v)
             acc = topk_accuracy(logits, ytr[vi])["top1"] if torch.isfinite(logits).all() else 0.0
             val_top1[f"{lr:g}"] = acc
             log.info("linear probe lr %g: held-out top-1 %.2f", lr, acc)
-            return acc
 
         grid = sorted(set(lrs))
         for lr in grid:

@@ -76,7 +76,9 @@ class LinearSettings:
     epochs: int | None = opt("epochs", None, type=int,
                              help="default 50 (features) / 90 (augmented)")
     lrs: tuple[float, ...] | None = opt("lrs", None, type=floats,
-                                        help="lr sweep for --mode features, e.g. '0.01,0.1,1'")
+                                        help="lr sweep for --mode features, e.g. '0.01,0.1,1' "
+                                        "(3+ lrs: a best lr at an end goes on up to 2 "
+                                        "more in the grid's pattern)")
     optimizer: str = opt("optimizer", "lars", choices=("lars", "sgd"),
                          help="augmented: LARS (mmselfsup) or SGD Nesterov (DeepMind)")
     lr: float | None = opt("lr", None, type=float,
