@@ -87,17 +87,21 @@ def test_fmnist_presets_load(name):
     assert cfg.model.in_chans == 1 and cfg.model.small_stem
     assert cfg.augment.image_size == 28
     assert len(cfg.augment.mean) == 1 and len(cfg.augment.std) == 1
-    # fmnist_full is mmselfsup-style ResNet-18; the CPU quick preset the cheaper ResNet-10 with
-    # the stride-2 small stem (the recipe study)
+    # fmnist_full is mmselfsup-style ResNet-18; the CPU quick preset the cheaper ResNet-10 (one
+    # block per stage), its small stem at stride 1 as well (the sixth pass of the recipe study)
     assert (cfg.model.arch, cfg.model.stem_stride) == (
-        ("resnet18", 1) if name == "fmnist_full" else ("resnet10", 2))
+        ("resnet18", 1) if name == "fmnist_full" else ("resnet10", 1))
 
 
 def test_fmnist_quick_inherits_and_overrides_full():
     full, quick = load_config("fmnist_full"), load_config("fmnist_quick")
     assert full.train.epochs == 200 and quick.train.epochs == 2
     assert full.model.width == 64 and quick.model.width == 16
-    assert quick.augment.view1.crop_scale == full.augment.view1.crop_scale == (0.2, 1.0)
+    assert full.augment.view1.crop_scale == full.augment.view2.crop_scale == (0.2, 1.0)
+    # the quick preset overrides the crop of both views and keeps the rest of each view
+    assert quick.augment.view1.crop_scale == quick.augment.view2.crop_scale == (0.5, 1.0)
+    assert quick.augment.view1.blur_p == full.augment.view1.blur_p == 1.0
+    assert quick.augment.view2.solarize_p == full.augment.view2.solarize_p == 0.2
     assert quick.data.path == full.data.path
 
 
@@ -207,7 +211,7 @@ def test_yaml_base_inheritance(tmp_path):
     cfg = load_config(str(path))
     assert cfg.train.epochs == 9
     assert cfg.model.width == 16  # from fmnist_quick
-    assert cfg.train.batch_size == 64 and cfg.train.time_budget == "8m"  # from fmnist_quick
+    assert cfg.train.batch_size == 128 and cfg.train.time_budget == "8m"  # from fmnist_quick
 
 
 def test_optional_bool_accepts_bool_and_null():
@@ -241,4 +245,4 @@ def test_stem_stride_is_checked_and_names_the_key():
     cfg = load_config("fmnist_quick", ["model.stem_stride=2", "model.small_stem=false"])
     assert build_byol(cfg.model).backbone.conv1.kernel_size == (7, 7)
     cfg = load_config("fmnist_cpu1h")
-    assert (cfg.model.stem_stride, cfg.model.small_stem) == (2, True)
+    assert (cfg.model.stem_stride, cfg.model.small_stem, cfg.model.width) == (1, True, 24)

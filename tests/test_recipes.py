@@ -33,12 +33,18 @@ def test_cpu_small_data_is_the_quick_recipe_bounded_in_time():
     assert cfg.train.time_budget == CPU_BUDGET and cfg.model.in_chans == 1
     # 28 px: the paper's blur, as the quick preset (the study: removing it cost 3.8 points)
     assert cfg.augment.view1.blur_p == quick.augment.view1.blur_p == 1.0
-    # below 28 px the stem keeps stride 1 (the last stage would shrink below 2x2); no blur
+    # the quick preset's crops of 50-100% on every small image of the CPU recipe
+    assert cfg.augment.view1.crop_scale == cfg.augment.view2.crop_scale == (0.5, 1.0)
+    assert quick.augment.view1.crop_scale == (0.5, 1.0)
+    # the stem keeps stride 1 at every size (a 2x2 last stage at 28 px scored lower); no blur
     # below 24 px
     o, _ = choose_recipe("cpu", 5000, 20, 3)
     assert o["model.stem_stride"] == 1 and o["augment.view1.blur_p"] == 0.0
+    o, _ = choose_recipe("cpu", 5000, 32, 3)
+    assert o["model.stem_stride"] == 1 and o["augment.view1.crop_scale"] == [0.5, 1.0]
     o, _ = choose_recipe("cuda", 5000, 32, 3)
-    assert o["model.stem_stride"] == 1  # the GPU recipe keeps the papers' stem
+    # the GPU recipe keeps the papers' stem and fmnist_full's 20-100% crops (a long run)
+    assert o["model.stem_stride"] == 1 and o["augment.view1.crop_scale"] == [0.2, 1.0]
     assert cfg.log.knn_every_steps > 0 and cfg.log.knn_queries <= 5000 // 5
     assert any("CPU" in w for w in why)
 
