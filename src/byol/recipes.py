@@ -18,9 +18,9 @@ tested, printed and retuned on their own:
   :data:`SMALL_STEM_BELOW` px and bilinear resampling there too, with crops of at least 20% of
   the image on the long GPU recipe and at least half (:data:`SMALL_CROP_MIN`) on the short CPU
   one (a fifth of a 28 px image is a 12 px patch, too little of an object's outline for a few
-  epochs to learn from); the paper's blur (kernel 10% of the side) down to :data:`NO_BLUR_BELOW` px (the recipe
-  study: removing it at 28 px cost 3.8 kNN points), none below (a 3-px kernel at sigma up to 2
-  erases most of a tiny image).
+  epochs to learn from); the paper's blur (kernel 10% of the side) down to
+  :data:`NO_BLUR_BELOW` px (the recipe study: removing it at 28 px cost 3.8 kNN points), none
+  below (a 3-px kernel at sigma up to 2 erases most of a tiny image).
 * **Labels**: the kNN monitor runs on a bounded bank and query set so the end of the run can say
   whether pretraining beat the same network at random init.
 """
