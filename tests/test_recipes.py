@@ -23,28 +23,26 @@ def test_cpu_small_data_is_the_quick_recipe_bounded_in_time():
     o, why = choose_recipe("cpu", 5000, 28, 1, labeled=True)
     quick = load_config("fmnist_quick")
     cfg = _cfg(o)  # every key is a valid setting
-    for key in ("arch", "width", "stem_stride", "small_stem", "proj_hidden_dim", "proj_dim",
-                "pred_hidden_dim"):
+    for key in ("arch", "width", "small_stem", "proj_hidden_dim", "proj_dim", "pred_hidden_dim"):
         assert getattr(cfg.model, key) == getattr(quick.model, key), key
     for key in ("name", "base_lr", "eta", "weight_decay"):
         assert getattr(cfg.optim, key) == getattr(quick.optim, key), key
-    assert (cfg.train.batch_size, cfg.train.tau_base) == (quick.train.batch_size,
-                                                         quick.train.tau_base)
+    # where the quick preset's sixth pass (stride 1, batch 128, tau 0.99, crops 50-100%) was
+    # measured on data of another kind it won on generated shapes and lost 15 kNN points on
+    # generated textures at equal wall time, so the recipe for unknown data keeps the settings
+    # that did better on both (docs/RESULTS.md, sixth pass)
+    assert (cfg.model.stem_stride, cfg.train.batch_size, cfg.train.tau_base) == (2, 64, 0.9)
+    assert (quick.model.stem_stride, quick.train.batch_size, quick.train.tau_base) == (1, 128, 0.99)
+    assert cfg.augment.view1.crop_scale == (0.2, 1.0)
     assert cfg.train.time_budget == CPU_BUDGET and cfg.model.in_chans == 1
     # 28 px: the paper's blur, as the quick preset (the study: removing it cost 3.8 points)
     assert cfg.augment.view1.blur_p == quick.augment.view1.blur_p == 1.0
-    # the quick preset's crops of 50-100% on every small image of the CPU recipe
-    assert cfg.augment.view1.crop_scale == cfg.augment.view2.crop_scale == (0.5, 1.0)
-    assert quick.augment.view1.crop_scale == (0.5, 1.0)
-    # the stem keeps stride 1 at every size (a 2x2 last stage at 28 px scored lower); no blur
+    # below 28 px the stem keeps stride 1 (the last stage would shrink below 2x2); no blur
     # below 24 px
     o, _ = choose_recipe("cpu", 5000, 20, 3)
     assert o["model.stem_stride"] == 1 and o["augment.view1.blur_p"] == 0.0
-    o, _ = choose_recipe("cpu", 5000, 32, 3)
-    assert o["model.stem_stride"] == 1 and o["augment.view1.crop_scale"] == [0.5, 1.0]
     o, _ = choose_recipe("cuda", 5000, 32, 3)
-    # the GPU recipe keeps the papers' stem and fmnist_full's 20-100% crops (a long run)
-    assert o["model.stem_stride"] == 1 and o["augment.view1.crop_scale"] == [0.2, 1.0]
+    assert o["model.stem_stride"] == 1  # the GPU recipe keeps the papers' stem
     assert cfg.log.knn_every_steps > 0 and cfg.log.knn_queries <= 5000 // 5
     assert any("CPU" in w for w in why)
 

@@ -25,10 +25,12 @@ class ModelConfig:
     arch: str = "resnet50"  # resnet18..wide_resnet101_2, or timm:<name>
     in_chans: int = 3
     small_stem: bool = False  # 3x3 stride-1 conv, no max-pool: for 28-64 px images
-    # stride of the small stem's conv: 1 = the CIFAR-style stem of the papers (every preset and
-    # recipe); 2 halves every stage's resolution (4x less compute per image) but leaves the last
-    # stage a 2x2 map at 28-32 px, which scored lower at equal steps (docs/RESULTS.md, sixth
-    # pass). Only the small stem has it (the standard stem is always 7x7 stride 2 + max-pool).
+    # stride of the small stem's conv: 1 = the CIFAR-style stem of the papers (every preset); 2
+    # halves every stage's resolution (4x less compute per image, more epochs in a CPU budget)
+    # and leaves the last stage a 2x2 map at 28-32 px: lower on Fashion-MNIST and generated
+    # shapes at equal time, higher on generated textures; the no-config CPU recipe keeps it
+    # (docs/RESULTS.md, sixth pass). Only the small stem has it (the standard stem is always
+    # 7x7 stride 2 + max-pool).
     stem_stride: int = 1
     width: int = 64  # first-stage channels (64 = torchvision)
     proj_hidden_dim: int = 4096
