@@ -149,18 +149,15 @@ def run_byol(args: argparse.Namespace) -> None:
 
 def run_pixels(args: argparse.Namespace) -> None:
     from byol.data import open_source
-    from byol.eval.knn import knn_classify
+    from byol.eval.loading import load_eval_model
 
     train = open_source("fashion_mnist", args.data, "train")
     test = open_source("fashion_mnist", args.data, "test")
     bank, queries = _subsets(train, test, args)
-
-    def flat(src) -> torch.Tensor:
-        return ((src.images.float() / 255 - MEAN[0]) / STD[0]).flatten(1)
-
-    res = knn_classify(flat(bank), bank.labels, flat(queries), queries.labels, ks=(20,))
-    _append(Path(args.out), {"library": "pixels", "knn20": round(res["k=20"]["top1"], 2),
-                             "bank": args.bank, "queries": args.queries, "seed": args.seed})
+    pixels = load_eval_model(baseline="pixels", in_chans=1, image_size=28, mean=MEAN, std=STD)
+    acc = _knn20(pixels.backbone, bank, queries, 28, MEAN, STD)
+    _append(Path(args.out), {"library": "pixels", "knn20": round(acc, 2), "bank": args.bank,
+                             "queries": args.queries, "seed": args.seed})
 
 
 def plot(args: argparse.Namespace) -> None:
