@@ -17,8 +17,9 @@ minutes are the monitor rows' ``elapsed_s - monitor_s``.
     python benchmarks/time_to_accuracy.py pixels --out runs/tta
     python benchmarks/time_to_accuracy.py plot --out runs/tta --png docs/time_to_accuracy.png
 
-``pixels`` scores the raw pixels (flattened, normalised) on the same bank and queries: the line
-a pretrained network has to beat, drawn by ``plot``.
+``pixels`` scores byol's raw-pixel baseline (the flattened, normalised evaluation crop) on the
+same bank and queries through the same feature path as the networks: the line a pretrained
+network has to beat, drawn by ``plot``.
 """
 
 from __future__ import annotations
