@@ -244,6 +244,81 @@ def test_time_budget_resume_after_the_recheck_is_bitwise(tmp_path, monkeypatch):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+def test_late_windows_sit_at_half_and_three_quarters_of_the_run():
+    # a 4,000-step session whose re-check ended at step 600: steps 1,600-2,000 and 2,600-3,000
+    assert budget.late_windows(0, 4000, 600) == [(1600, 2000), (2600, 3000)]
+    # placed on the session's own steps, and only those still to come
+    assert budget.late_windows(1000, 5000, 2700) == [(3600, 4000)]
+    # none in a run whose re-check came late, nor where a window would span under 2 chunks
+    assert budget.late_windows(0, 148, 100) == []
+    assert budget.late_windows(0, 100, 0) == []
+
+
+def _rates(monkeypatch, reads):
+    """The i-th budget decision reads ``reads[i]`` (steps/s, elapsed s); returns the steps at
+    which they were read."""
+    seen = []
+
+    def inputs(self):
+        seen.append(self.state.step)
+        return reads[min(len(seen), len(reads)) - 1]
+
+    monkeypatch.setattr(Trainer, "_budget_inputs", inputs)
+    return seen
+
+
+# probe at 50: 1 step/s, 2 s spent of 260 -> 50 + int(258 * 0.97) = 300; re-check over 50-100:
+# 1 step/s, 52 s spent -> 100 + int(208 * 0.97) = 301; late checks over 40-50% and 65-75% of it
+_SLOWER = [(1.0, 2.0), (1.0, 52.0), (0.5, 160.0)]  # at step 150: 150 + int(100 * .97 * .5) = 198
+_FASTER = [(1.0, 2.0), (1.0, 52.0), (3.0, 110.0), (3.0, 180.0)]
+
+
+def test_a_late_check_shortens_the_count_on_a_machine_that_slowed_down(tmp_path, monkeypatch):
+    seen = _rates(monkeypatch, _SLOWER)
+    cfg = tiny_config(tmp_path, **{"train.time_budget": "260s", "train.epochs": 1,
+                                   "log.save_every": 1000})
+    t = Trainer(cfg)
+    res = t.train()
+    assert seen == [50, 100, 150]  # after the first late check the run is too short for another
+    assert budget_steps(150, 160.0, 260.0, 0.5) == 198
+    assert res["steps"] == res["total_steps"] == 198
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["budget_total_steps"] for r in rows if "budget_total_steps" in r] == [300, 301, 198]
+    # the schedules end at the shortened count
+    last = [r for r in rows if "lr" in r][-1]
+    assert last["step"] == 198 and last["lr"] == pytest.approx(
+        engine.warmup_cosine(197, 198, t.warmup_steps, t.peak_lr), abs=1e-9)
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck["schedule"]["total_steps"] == 198 and ck["schedule"]["budget_final"]
+
+
+def test_a_late_check_never_lengthens_the_run(tmp_path, monkeypatch):
+    seen = _rates(monkeypatch, _FASTER)  # 3x faster after the re-check: would allow ~560 steps
+    cfg = tiny_config(tmp_path, **{"train.time_budget": "260s", "train.epochs": 1,
+                                   "log.save_every": 1000})
+    res = Trainer(cfg).train()
+    assert seen == [50, 100, 150, 226]
+    assert res["steps"] == res["total_steps"] == 301
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["budget_total_steps"] for r in rows if "budget_total_steps" in r] == [300, 301, 301, 301]
+
+
+def test_time_budget_resume_after_a_late_check_is_bitwise(tmp_path, monkeypatch):
+    det = {"train.deterministic": True, "train.time_budget": "260s", "train.epochs": 1,
+           "log.save_every": 1000}
+    _rates(monkeypatch, _SLOWER)
+    Trainer(tiny_config(tmp_path / "a", **det)).train()
+    _rates(monkeypatch, _SLOWER)
+    Trainer(tiny_config(tmp_path / "b", **det, **{"train.max_steps": 160})).train()
+    seen = _rates(monkeypatch, [(50.0, 1.0)])
+    Trainer(tiny_config(tmp_path / "b", **det), resume=str(tmp_path / "b")).train()
+    assert seen == []  # the stored count is final: no new measurement
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    assert a["step"] == b["step"] == 198
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
 def test_no_budget_keeps_the_epochs_schedule(tmp_path):
     t = Trainer(tiny_config(tmp_path))
     assert t.budget_fixed and t.total_steps == 8 and t.num_epochs == 2

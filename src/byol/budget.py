@@ -5,7 +5,10 @@ count (:func:`budget_steps`); from then on the learning rate and tau schedules e
 count is checked once more later in the run (:func:`recheck_window`), over a window of steps well
 past the start, since the first hundreds of steps can run slower than the rest (on a 2-core CPU
 the first ~300 steps of the quick preset ran at 9.3 steps/s, the rest at 12-13, and the run
-ended after 260 s of a 360-s budget). The re-check's rate is the median over equal chunks of its
+ended after 260 s of a 360-s budget). Two late checks (:func:`late_windows`, at half and at
+three quarters of the run) may then only shorten the count: a machine that slows down after the
+re-check (a VM that lost 12% of its speed half-way through a one-hour run took 65.5 minutes)
+still ends within its budget, and one that speeds up keeps the schedule it has. The re-check's rate is the median over equal chunks of its
 window, so that a passing disturbance (another program starting on a 2-core machine) does not set
 the run's length: one such, during the re-check of a 7-minute quick run, cut it to 329 s. (The
 first probe's 40 steps are too few to split: chunks of 5 steps read up to a quarter faster than
@@ -32,6 +35,9 @@ BUDGET_MARGIN = 0.97
 BUDGET_RECHECK = 0.15
 # The re-check's window is timed in this many equal chunks; its rate is the chunks' median.
 BUDGET_CHUNKS = 8
+# The late checks' windows, as fractions of the session's steps (start, end): each may only
+# shorten the count.
+BUDGET_LATE = ((0.4, 0.5), (0.65, 0.75))
 
 
 def budget_steps(done: int, elapsed_s: float, budget_s: float, steps_per_s: float,
@@ -52,6 +58,20 @@ def recheck_window(first: int, total: int) -> tuple[int, int] | None:
     if end > first + (total - first) // 2:
         return None
     return first + (end - first) // 2, end
+
+
+def late_windows(first: int, total: int, after: int) -> list[tuple[int, int]]:
+    """The windows (start, end) of the late checks still to come in a session that started at
+    step ``first`` and now plans ``total`` steps, after a check that ended at step ``after``:
+    the ``BUDGET_LATE`` fractions of the session's steps that start at or after ``after``, span
+    at least ``2 x BUDGET_CHUNKS`` steps and end before ``total``."""
+    n = total - first
+    out = []
+    for lo, hi in BUDGET_LATE:
+        start, end = first + round(lo * n), first + round(hi * n)
+        if start >= after and end - start >= 2 * BUDGET_CHUNKS and end < total:
+            out.append((start, end))
+    return out
 
 
 class RateProbe:

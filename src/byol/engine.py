@@ -28,7 +28,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from . import distributed as du
-from .budget import BUDGET_CHUNKS, BUDGET_PROBE, RateProbe, budget_steps, recheck_window
+from .budget import (
+    BUDGET_CHUNKS,
+    BUDGET_PROBE,
+    RateProbe,
+    budget_steps,
+    late_windows,
+    recheck_window,
+)
 from .checkpoint import FORMAT, load_state_reporting
 from .config import Config, dump_yaml, parse_duration
 from .data.feeders import build_feeder, epoch_permutation, slot_indices
@@ -136,6 +143,7 @@ class Trainer:
         self._t0: float | None = None  # perf_counter when this session's loop started
         self._rate: RateProbe | None = None  # train.time_budget's step rate, this session
         self._session_first = 0  # the step this session's loop started at
+        self._budget_stage = 0  # the next count decision: 0 the probe, 1 the re-check, 2 a late check
 
     # -- building --------------------------------------------------------------------------
 
@@ -346,20 +354,27 @@ class Trainer:
 
     def _fix_budget(self) -> None:
         """Fix the total step count from the measured rate (train.time_budget), the same on
-        every process (rank 0 decides); the first time, plan the re-check of the count."""
+        every process (rank 0 decides). The probe plans the re-check; the re-check plans the
+        late checks (budget.late_windows), which may only shorten the count."""
         rate, elapsed = self._budget_inputs()
         lg = self.cfg.log
+        stage, probe = self._budget_stage, self._rate
         total = budget_steps(self.state.step, elapsed, self.time_budget_s, rate,
                              self.monitor.cost if lg.knn_every_steps else 0.0, lg.knn_every_steps)
+        if stage == 2:
+            total = min(total, self.total_steps)
         if self.dist.enabled:
             t = torch.tensor([total], device=self.device, dtype=torch.int64)
             torch.distributed.broadcast(t, 0)
             total = int(t.item())
-        first, probe = not self.budget_fixed, self._rate
         self.total_steps = total
         self.num_epochs = -(-total // self.steps_per_epoch)
         self.budget_fixed = True
-        window = recheck_window(self._session_first, total) if first else None
+        if stage == 0:
+            window = recheck_window(self._session_first, total)
+        else:  # the next late check, placed on the count as it now stands
+            window = next(iter(late_windows(self._session_first, total, probe.end)), None)
+        self._budget_stage = min(stage + 1, 2)
         if window is None:
             self.budget_final = True
         else:
@@ -367,7 +382,7 @@ class Trainer:
         if self.dist.is_main:
             log.info("time budget %s%s: %.2f steps/s (%.0f images/s) over steps %d-%d, %.0f s spent "
                      "-> %d optimiser steps in all (%.2f epochs); the lr and tau schedules end there%s",
-                     self.cfg.train.time_budget, "" if first else " (re-check)", rate,
+                     self.cfg.train.time_budget, ("", " (re-check)", " (late check)")[stage], rate,
                      rate * self.global_batch, probe.start, probe.end, elapsed, total,
                      total / self.steps_per_epoch,
                      f"; checked again over steps {window[0]}-{window[1]}" if window else "")
