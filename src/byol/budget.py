@@ -5,15 +5,16 @@ count (:func:`budget_steps`); from then on the learning rate and tau schedules e
 count is checked once more later in the run (:func:`recheck_window`), over a window of steps well
 past the start, since the first hundreds of steps can run slower than the rest (on a 2-core CPU
 the first ~300 steps of the quick preset ran at 9.3 steps/s, the rest at 12-13, and the run
-ended after 260 s of a 360-s budget). Two late checks (:func:`late_windows`, at half and at
-three quarters of the run) may then only shorten the count: a machine that slows down after the
-re-check (a VM that lost 12% of its speed half-way through a one-hour run took 65.5 minutes)
-still ends within its budget, and one that speeds up keeps the schedule it has. The re-check's rate is the median over equal chunks of its
-window, so that a passing disturbance (another program starting on a 2-core machine) does not set
-the run's length: one such, during the re-check of a 7-minute quick run, cut it to 329 s. (The
-first probe's 40 steps are too few to split: chunks of 5 steps read up to a quarter faster than
-the run went on.) Both decisions happen at step numbers, the same on every process. A resumed
-run keeps the count stored in its checkpoint whatever its machine's speed.
+ended after 260 s of a 360-s budget). The re-check's rate is the median over equal chunks of its
+window, so that a passing disturbance (another program starting on a 2-core machine) does not
+set the run's length: one such, during the re-check of a 7-minute quick run, cut it to 329 s.
+(The first probe's 40 steps are too few to split: chunks of 5 steps read up to a quarter faster
+than the run went on.) Two late checks (:func:`late_windows`, ending at half and at three
+quarters of the run, timed like the re-check) may then only shorten the count: a machine that
+slows down after the re-check (a VM that lost 12% of its speed half-way through a one-hour run
+took 65.5 minutes) still ends within its budget, and one that speeds up keeps the schedule it
+has. Every decision happens at a step number, the same on every process. A resumed run keeps
+the count stored in its checkpoint whatever its machine's speed.
 """
 
 from __future__ import annotations
