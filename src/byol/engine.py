@@ -184,14 +184,15 @@ class Trainer:
         """The run's length: total optimiser steps, epochs and warmup, from train.epochs or
         train.total_steps; with train.time_budget the count is fixed after BUDGET_PROBE[1]
         steps (until then the epochs-based count shapes the schedules and the run may go on
-        past it) and checked once more over budget.recheck_window."""
+        past it), checked once more over budget.recheck_window and then, only to shorten it,
+        over budget.late_windows."""
         t = self.cfg.train
         self.total_steps = t.total_steps or self.steps_per_epoch * t.epochs
         self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
         self.time_budget_s = parse_duration(t.time_budget)
         self.budget_fixed = not self.time_budget_s
-        # the count is checked once more later in the session (budget.recheck_window): final
-        # after that, or when there is no budget, or once restored from a checkpoint
+        # the count is checked again later in the session (the re-check, then the late checks):
+        # final after those, or when there is no budget, or once restored from a checkpoint
         self.budget_final = self.budget_fixed
         if not self.budget_fixed:
             self.num_epochs = 10**9
