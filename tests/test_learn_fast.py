@@ -190,19 +190,25 @@ def test_rate_probe_is_the_median_of_its_chunks_so_one_slow_stretch_does_not_set
     assert budget.RateProbe(0, torch.device("cpu")).bounds == list(budget.BUDGET_PROBE)
 
 
-def _two_rates(monkeypatch, first=(1.0, 2.0), second=(0.5, 100.0), windows=None):
-    """The probe reads ``first`` (steps/s, elapsed s); the re-check reads ``second``. Returns
-    the steps at which they were read; ``windows`` gets each probe's chunk bounds."""
+def _rates(monkeypatch, reads, windows=None):
+    """The i-th budget decision reads ``reads[i]`` (steps/s, elapsed s; the last one from then
+    on); returns the steps at which they were read. ``windows`` gets each probe's chunk bounds."""
     seen = []
     windows = [] if windows is None else windows
 
     def inputs(self):
         seen.append(self.state.step)
         windows.append(self._rate.bounds)
-        return first if len(seen) == 1 else second
+        return reads[min(len(seen), len(reads)) - 1]
 
     monkeypatch.setattr(Trainer, "_budget_inputs", inputs)
     return seen
+
+
+def _two_rates(monkeypatch, first=(1.0, 2.0), second=(0.5, 100.0), windows=None):
+    """The probe reads ``first`` (steps/s, elapsed s); the re-check reads ``second``. Returns
+    the steps at which they were read; ``windows`` gets each probe's chunk bounds."""
+    return _rates(monkeypatch, [first, second], windows)
 
 
 def test_time_budget_is_checked_again_later_and_the_second_count_holds(tmp_path, monkeypatch):
@@ -252,19 +258,6 @@ def test_late_windows_sit_at_half_and_three_quarters_of_the_run():
     # none in a run whose re-check came late, nor where a window would span under 2 chunks
     assert budget.late_windows(0, 148, 100) == []
     assert budget.late_windows(0, 100, 0) == []
-
-
-def _rates(monkeypatch, reads):
-    """The i-th budget decision reads ``reads[i]`` (steps/s, elapsed s); returns the steps at
-    which they were read."""
-    seen = []
-
-    def inputs(self):
-        seen.append(self.state.step)
-        return reads[min(len(seen), len(reads)) - 1]
-
-    monkeypatch.setattr(Trainer, "_budget_inputs", inputs)
-    return seen
 
 
 # probe at 50: 1 step/s, 2 s spent of 260 -> 50 + int(258 * 0.97) = 300; re-check over 50-100:
