@@ -246,3 +246,16 @@ def test_stem_stride_is_checked_and_names_the_key():
     assert build_byol(cfg.model).backbone.conv1.kernel_size == (7, 7)
     cfg = load_config("fmnist_cpu1h")
     assert (cfg.model.stem_stride, cfg.model.small_stem, cfg.model.width) == (1, True, 24)
+
+
+def test_last_stage_width_is_checked():
+    from byol.config import Config, validate
+    from byol.errors import ConfigError
+
+    cfg = Config()
+    cfg.model.last_stage_width = -8
+    with pytest.raises(ConfigError, match="model.last_stage_width"):
+        validate(cfg)
+    cfg.model.last_stage_width, cfg.model.arch = 256, "timm:resnet18"
+    with pytest.raises(ConfigError, match="timm"):
+        validate(cfg)

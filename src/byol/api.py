@@ -109,11 +109,13 @@ def load_backbone(checkpoint: str, format: str = "torchvision", *,  # noqa: A002
     from .weights.foreign import backbone_state_from_any, fill_bn_counters
 
     sd, info = backbone_state_from_any(checkpoint, which, trust)
-    if info["arch"] not in TORCHVISION_ARCHS or info["width"] != 64:
+    if info["arch"] not in TORCHVISION_ARCHS or info["width"] != 64 \
+            or info.get("last_stage_width", 0) not in (0, 512):
         raise CheckpointError(
-            f"{checkpoint}: a {info['arch']} of width {info['width']} has no {format} "
-            "counterpart (stock ResNets have width 64); use format='byol' for byol's own ResNet "
-            "(same key names), or pretrain with --set model.width=64")
+            f"{checkpoint}: a {info['arch']} of width {info['width']} (last stage "
+            f"{info.get('last_stage_width', 0) or 8 * info['width']}) has no {format} counterpart "
+            "(stock ResNets have width 64, last stage 512); use format='byol' for byol's own "
+            "ResNet (same key names), or pretrain with --set model.width=64")
     sd = expand_gray_conv1(fill_bn_counters(sd))
     if format == "timm":
         try:

@@ -291,7 +291,8 @@ def backbone_from_checkpoint(
         raise CheckpointError(f"which={which!r}: choose 'online' or 'target'")
     cfg = config_from_dict(ckpt["config"], where=source)
     m = cfg.model
-    backbone = build_backbone(m.arch, m.in_chans, m.small_stem, m.width, m.stem_stride)
+    backbone = build_backbone(m.arch, m.in_chans, m.small_stem, m.width, m.stem_stride,
+                              m.last_stage_width)
     prefix = f"{which}.backbone."
     state = {k[len(prefix) :]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
     load_state_reporting(backbone, state, source)

@@ -33,6 +33,10 @@ class ModelConfig:
     # 7x7 stride 2 + max-pool).
     stem_stride: int = 1
     width: int = 64  # first-stage channels (64 = torchvision)
+    # channels of the last stage (layer4's planes; 0 = 8 x width, torchvision's doubling). Wider
+    # than that gives the probes more features for little compute where the last stage runs on
+    # a small map: fmnist_cpu1h (docs/RESULTS.md, ninth pass). ResNets only.
+    last_stage_width: int = 0
     proj_hidden_dim: int = 4096
     proj_dim: int = 256
     pred_hidden_dim: int = 4096
@@ -412,6 +416,12 @@ def validate(cfg: Config, where: str = "config") -> None:
         bad("train.batch_size", f"must be >= 1, got {t.batch_size}")
     if m.stem_stride not in (1, 2):
         bad("model.stem_stride", f"must be 1 or 2, got {m.stem_stride}")
+    if m.last_stage_width < 0:
+        bad("model.last_stage_width", f"must be 0 (= 8 x model.width) or more, got "
+            f"{m.last_stage_width}")
+    if m.last_stage_width and m.arch.startswith("timm:"):
+        bad("model.last_stage_width", f"is {m.last_stage_width} but model.arch {m.arch} is a timm "
+            "model: only byol's ResNets have it; set it to 0")
     if t.accumulate < 1:
         bad("train.accumulate", f"must be >= 1, got {t.accumulate}")
     if t.epochs < 1:

@@ -196,3 +196,26 @@ def test_random_baseline_of_a_checkpoint_is_its_run_s_initial_network(tmp_path):
     other = load_eval_model(ckpt, baseline="random", seed=0).backbone.state_dict()
     assert not torch.equal(other["conv1.weight"], start["conv1.weight"])
     assert "seed3" in load_eval_model(ckpt, baseline="random").key
+
+
+def test_a_wide_last_stage_checkpoint_loads_and_its_random_baseline_is_the_same_network(tmp_path):
+    from byol.checkpoint import FORMAT, atomic_save
+    from byol.config import Config
+    from byol.eval.loading import load_eval_model
+    from byol.models import build_byol
+
+    cfg = Config()
+    cfg.model.arch, cfg.model.small_stem, cfg.model.width = "resnet10", True, 8
+    cfg.model.last_stage_width = 80
+    cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = cfg.model.proj_dim = 16
+    model = build_byol(cfg.model)
+    atomic_save({"format": FORMAT, "config": cfg.to_dict(), "model": model.state_dict()},
+                tmp_path / "c.pt")
+    trained = load_eval_model(str(tmp_path / "c.pt"))
+    x = torch.rand(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(trained.backbone.eval()(x), model.online.backbone.eval()(x))
+    random = load_eval_model(str(tmp_path / "c.pt"), baseline="random", seed=0)
+    assert random.backbone.num_features == 80 and "last80" in random.key
+    other = load_eval_model(str(tmp_path / "c.pt"), baseline="random", seed=0, width=4)
+    assert other.backbone.num_features == 32  # another width: the standard last stage

@@ -386,3 +386,37 @@ def test_stem_stride_2_halves_every_stage_with_the_same_weights():
     with pytest.raises(ValueError, match="1 or 2"):
         build_backbone("resnet18", small_stem=True, stem_stride=3)
     assert build_backbone("resnet18", stem_stride=2).conv1.kernel_size == (7, 7)  # moot
+
+
+def test_last_stage_width_widens_only_the_last_stage_and_the_features():
+    from byol.config import Config
+    from byol.models import build_byol
+
+    std = build_backbone("resnet10", in_chans=1, small_stem=True, width=8)
+    wide = build_backbone("resnet10", in_chans=1, small_stem=True, width=8, last_stage_width=96)
+    assert std.num_features == 64 and wide.num_features == 96
+    assert wide.stage_channels == (8, 8, 16, 32, 96) and std.stage_channels[-1] == 64
+    sw, ss = wide.state_dict(), std.state_dict()
+    for k, v in ss.items():  # stem and layer1-3 keep their shapes; layer4 grows
+        assert (sw[k].shape == v.shape) == (not k.startswith("layer4.")) or v.dim() == 0, k
+    assert sw["layer4.0.conv1.weight"].shape == (96, 32, 3, 3)
+    assert sw["layer4.0.downsample.0.weight"].shape == (96, 32, 1, 1)
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert wide.eval()(x).shape == (2, 96)
+        assert wide.forward_stages(x)["feature5"].shape == (2, 96, 4, 4)
+    # bottlenecks: planes x 4 features; 0 and 8 x width are the standard network
+    assert build_backbone("resnet50", width=8, last_stage_width=16).num_features == 64
+    assert build_backbone("resnet50", width=8, last_stage_width=64).state_dict().keys() == \
+        build_backbone("resnet50", width=8).state_dict().keys()
+    cfg = Config()
+    cfg.model.arch, cfg.model.in_chans, cfg.model.small_stem, cfg.model.width = "resnet10", 1, True, 8
+    cfg.model.last_stage_width = 96
+    cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = cfg.model.proj_dim = 16
+    m = build_byol(cfg.model)
+    first = next(x for x in m.online.projector.modules() if isinstance(x, nn.Linear))
+    assert m.online.backbone.num_features == 96 and first.in_features == 96
+    with pytest.raises(ValueError, match="last_stage_width"):
+        build_backbone("resnet18", last_stage_width=-1)
+    with pytest.raises(ValueError, match="timm"):
+        build_backbone("timm:resnet18", last_stage_width=64)

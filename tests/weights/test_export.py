@@ -214,3 +214,28 @@ def test_safetensors_export_keeps_the_stride_2_stem(tmp_path):
     x = torch.rand(2, 3, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(ev.backbone.eval()(x), model.backbone.eval()(x))
+
+
+def test_a_wide_last_stage_exports_to_safetensors_and_refuses_torchvision(tmp_path):
+    # the last stage's width is in the tensors' shapes: the exported file rebuilds it
+    from byol.eval.loading import load_eval_model
+    from byol.weights.foreign import infer_resnet
+
+    cfg = Config()
+    cfg.model.arch, cfg.model.small_stem, cfg.model.width = "resnet10", True, 8
+    cfg.model.last_stage_width = 80
+    cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = cfg.model.proj_dim = 16
+    torch.manual_seed(0)
+    model = build_byol(cfg.model)
+    atomic_save({"format": FORMAT, "config": cfg.to_dict(), "model": model.state_dict()},
+                tmp_path / "c.pt")
+    export_checkpoint(tmp_path / "c.pt", tmp_path / "b.safetensors", "safetensors")
+    ev = load_eval_model(str(tmp_path / "b.safetensors"))
+    assert ev.config.model.last_stage_width == 80 and ev.backbone.num_features == 80
+    x = torch.rand(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(ev.backbone.eval()(x), model.online.backbone.eval()(x))
+    std = build_byol(Config().model).online.backbone.state_dict()
+    assert infer_resnet(std)["last_stage_width"] == 0
+    with pytest.raises(CheckpointError, match="last stage has 80 planes"):
+        export_checkpoint(tmp_path / "c.pt", tmp_path / "t.pth", "torchvision")

@@ -48,6 +48,9 @@ class ResNet(nn.Module):
         width: channels of the first stage (64 in torchvision); the stages double it. Narrow
             networks make CPU pretraining practical.
         zero_init_residual: torchvision's option; BYOL's paper results were obtained without it.
+        last_stage_width: channels of the last stage (layer4's ``planes``; 0 = ``8 * width``,
+            torchvision's doubling). A wider last stage gives more features to the probes for
+            little compute when the last stage runs on a small map (a 4x4 map at 28 px).
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class ResNet(nn.Module):
         width: int = 64,
         zero_init_residual: bool = False,
         stem_stride: int = 1,
+        last_stage_width: int = 0,
     ) -> None:
         super().__init__()
         if arch not in _RESNETS:
@@ -66,15 +70,18 @@ class ResNet(nn.Module):
         if stem_stride not in (1, 2):
             raise ValueError(f"stem_stride={stem_stride}: 1 or 2")
         stem_stride = stem_stride if small_stem else 1  # the standard stem has its own
+        if last_stage_width < 0:
+            raise ValueError(f"last_stage_width={last_stage_width}: 0 (= 8 x width) or more")
+        last = last_stage_width or width * 8
         self.arch, self.in_chans, self.small_stem, self.width = arch, in_chans, small_stem, width
-        self.stem_stride = stem_stride
+        self.stem_stride, self.last_stage_width = stem_stride, last
         # Build through torchvision so the block code (and init) is exactly theirs.
-        if width == 64:
+        if width == 64 and last == 512:
             ref = tv_resnet.ResNet(
                 block, layers, width_per_group=64 * wide, zero_init_residual=zero_init_residual
             )
         else:
-            ref = _narrow(block, layers, width, wide, zero_init_residual)
+            ref = _narrow(block, layers, width, wide, zero_init_residual, last)
         if small_stem:
             ref.conv1 = nn.Conv2d(in_chans, width, 3, stem_stride, 1, bias=False)
             ref.maxpool = nn.Identity()
@@ -89,8 +96,9 @@ class ResNet(nn.Module):
             ref.layer3,
             ref.layer4,
         )
-        self.num_features = width * 8 * block.expansion
-        self.stage_channels = (width,) + tuple(width * 2**i * block.expansion for i in range(4))
+        planes = (width, width * 2, width * 4, last)
+        self.num_features = last * block.expansion
+        self.stage_channels = (width,) + tuple(p * block.expansion for p in planes)
 
     def forward_stages(
         self, x: torch.Tensor, names: Sequence[str] = FEATURE_NAMES
@@ -122,8 +130,9 @@ class ResNet(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
 
-def _narrow(block, layers, width, wide, zero_init_residual) -> tv_resnet.ResNet:
-    """torchvision's ResNet with every stage's width scaled by ``width / 64``."""
+def _narrow(block, layers, width, wide, zero_init_residual, last) -> tv_resnet.ResNet:
+    """torchvision's ResNet with every stage's width scaled by ``width / 64``, the last stage
+    at ``last`` planes."""
 
     class _Narrow(tv_resnet.ResNet):
         def __init__(self) -> None:
@@ -138,7 +147,7 @@ def _narrow(block, layers, width, wide, zero_init_residual) -> tv_resnet.ResNet:
             self.layer1 = self._make_layer(block, width, layers[0])
             self.layer2 = self._make_layer(block, width * 2, layers[1], stride=2)
             self.layer3 = self._make_layer(block, width * 4, layers[2], stride=2)
-            self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
+            self.layer4 = self._make_layer(block, last, layers[3], stride=2)
             for m in self.modules():
                 if isinstance(m, nn.Conv2d):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -188,10 +197,14 @@ class TimmBackbone(nn.Module):
 
 
 def build_backbone(
-    arch: str, in_chans: int = 3, small_stem: bool = False, width: int = 64, stem_stride: int = 1
+    arch: str, in_chans: int = 3, small_stem: bool = False, width: int = 64, stem_stride: int = 1,
+    last_stage_width: int = 0,
 ) -> nn.Module:
     """``resnet18`` .. ``wide_resnet101_2`` or ``timm:<model name>``."""
     if arch.startswith("timm:"):
+        if last_stage_width:
+            raise ValueError(f"last_stage_width={last_stage_width} applies to byol's ResNets, not "
+                             f"to {arch}")
         return TimmBackbone(arch[5:], in_chans=in_chans)
     return ResNet(arch, in_chans=in_chans, small_stem=small_stem, width=width,
-                  stem_stride=stem_stride)
+                  stem_stride=stem_stride, last_stage_width=last_stage_width)

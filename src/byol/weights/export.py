@@ -85,6 +85,8 @@ def check_torchvision_compatible(info: dict[str, Any], fmt: str, force: bool) ->
                    "conv1, no max-pool)")
     if info["width"] != 64:
         why.append(f"its width is {info['width']} (torchvision: 64)")
+    if info.get("last_stage_width", 0) not in (0, 8 * info["width"]):
+        why.append(f"its last stage has {info['last_stage_width']} planes (torchvision: 8 x width)")
     if info["in_chans"] not in (1, 3):
         why.append(f"it has {info['in_chans']} input channels")
     if why and not force:
@@ -140,7 +142,8 @@ def _meta(info: dict[str, Any], fmt: str, notes: list[str]) -> dict[str, Any]:
     return {"byol_version": __version__, "format": fmt, "arch": info["arch"],
             "in_chans": info["in_chans"], "small_stem": info["small_stem"],
             "stem_stride": int(info.get("stem_stride", 1)),
-            "width": info["width"], "source": info.get("source", ""),
+            "width": info["width"], "last_stage_width": int(info.get("last_stage_width", 0)),
+            "source": info.get("source", ""),
             "which": info.get("which", "online"), "notes": notes}
 
 
