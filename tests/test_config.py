@@ -245,7 +245,8 @@ def test_stem_stride_is_checked_and_names_the_key():
     cfg = load_config("fmnist_quick", ["model.stem_stride=2", "model.small_stem=false"])
     assert build_byol(cfg.model).backbone.conv1.kernel_size == (7, 7)
     cfg = load_config("fmnist_cpu1h")
-    assert (cfg.model.stem_stride, cfg.model.small_stem, cfg.model.width) == (1, True, 24)
+    assert (cfg.model.stem_stride, cfg.model.small_stem, cfg.model.width,
+            cfg.model.last_stage_width) == (1, True, 16, 256)
 
 
 def test_last_stage_width_is_checked():
