@@ -263,7 +263,10 @@ def test_late_windows_sit_at_half_and_three_quarters_of_the_run():
 # probe at 50: 1 step/s, 2 s spent of 260 -> 50 + int(258 * 0.97) = 300; re-check over 50-100:
 # 1 step/s, 52 s spent -> 100 + int(208 * 0.97) = 301; late checks over 40-50% and 65-75% of it
 _SLOWER = [(1.0, 2.0), (1.0, 52.0), (0.5, 160.0)]  # at step 150: 150 + int(100 * .97 * .5) = 198
-_FASTER = [(1.0, 2.0), (1.0, 52.0), (3.0, 110.0), (3.0, 180.0)]
+# consistent with 3 steps/s from the first late check on (steps 150 / 293 / 440)
+_FASTER = [(1.0, 2.0), (1.0, 52.0), (3.0, 110.0), (3.0, 158.0), (3.0, 207.0)]
+# 1 step/s through the first late check (step 150), 3 steps/s at the second (step 227)
+_FASTER_LAST = [(1.0, 2.0), (1.0, 52.0), (1.0, 102.0), (3.0, 127.0)]
 
 
 def test_a_late_check_shortens_the_count_on_a_machine_that_slowed_down(tmp_path, monkeypatch):
@@ -285,15 +288,41 @@ def test_a_late_check_shortens_the_count_on_a_machine_that_slowed_down(tmp_path,
     assert ck["schedule"]["total_steps"] == 198 and ck["schedule"]["budget_final"]
 
 
-def test_a_late_check_never_lengthens_the_run(tmp_path, monkeypatch):
-    seen = _rates(monkeypatch, _FASTER)  # 3x faster after the re-check: would allow ~560 steps
+def test_the_first_late_check_lengthens_the_count_on_a_machine_that_sped_up(tmp_path, monkeypatch):
+    # 3x faster after the re-check: at step 150, 110 s spent of 260 -> 150 + int(150 * .97 * 3)
+    # = 586 steps; the later checks are placed on that count and hold it (they could only
+    # shorten it: at step 293, 293 + int(102 * .97 * 3) = 589 stays 586)
+    seen = _rates(monkeypatch, _FASTER)
+    cfg = tiny_config(tmp_path, **{"train.time_budget": "260s", "train.epochs": 1,
+                                   "log.save_every": 1000})
+    t = Trainer(cfg)
+    res = t.train()
+    assert budget_steps(150, 110.0, 260.0, 3.0) == 586
+    assert budget.late_windows(0, 586, 150) == [(234, 293), (381, 440)]
+    assert seen == [50, 100, 150, 293, 440]
+    assert res["steps"] == res["total_steps"] == 586
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["budget_total_steps"] for r in rows if "budget_total_steps" in r] == \
+        [300, 301, 586, 586, 586]
+    last = [r for r in rows if "lr" in r][-1]
+    assert last["step"] == 586 and last["lr"] == pytest.approx(
+        engine.warmup_cosine(585, 586, t.warmup_steps, t.peak_lr), abs=1e-9)
+
+
+def test_the_last_late_check_never_lengthens_the_run(tmp_path, monkeypatch):
+    # the first late check (step 150, same rate) keeps ~the count: 150 + int(158 * .97) = 303;
+    # the second (step 227) reads 3x the rate: 227 + int(133 * .97 * 3) = 614, but no check
+    # would follow to correct it, so the run ends at 303
+    seen = _rates(monkeypatch, _FASTER_LAST)
     cfg = tiny_config(tmp_path, **{"train.time_budget": "260s", "train.epochs": 1,
                                    "log.save_every": 1000})
     res = Trainer(cfg).train()
-    assert seen == [50, 100, 150, 226]
-    assert res["steps"] == res["total_steps"] == 301
+    assert seen == [50, 100, 150, 227]
+    assert budget_steps(227, 127.0, 260.0, 3.0) > 303
+    assert res["steps"] == res["total_steps"] == 303
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["budget_total_steps"] for r in rows if "budget_total_steps" in r] == [300, 301, 301, 301]
+    assert [r["budget_total_steps"] for r in rows if "budget_total_steps" in r] == \
+        [300, 301, 303, 303]
 
 
 def test_time_budget_resume_after_a_late_check_is_bitwise(tmp_path, monkeypatch):

@@ -10,10 +10,12 @@ window, so that a passing disturbance (another program starting on a 2-core mach
 set the run's length: one such, during the re-check of a 7-minute quick run, cut it to 329 s.
 (The first probe's 40 steps are too few to split: chunks of 5 steps read up to a quarter faster
 than the run went on.) Two late checks (:func:`late_windows`, ending at half and at three
-quarters of the run, timed like the re-check) may then only shorten the count: a machine that
-slows down after the re-check (a VM that lost 12% of its speed half-way through a one-hour run
-took 65.5 minutes) still ends within its budget, and one that speeds up keeps the schedule it
-has. Every decision happens at a step number, the same on every process. A resumed run keeps
+quarters of the run, timed like the re-check) then correct the count: a machine that slows down
+after the re-check (a VM that lost 12% of its speed half-way through a one-hour run took 65.5
+minutes) still ends within its budget. Only the first may lengthen it, and only when another
+check follows it: a machine that sped up after the re-check uses its budget (a one-hour run
+that ran 10% faster after its re-check ended after 54 minutes), while the count the run ends on
+was always checked against a later rate. Every decision happens at a step number, the same on every process. A resumed run keeps
 the count stored in its checkpoint whatever its machine's speed.
 """
 
@@ -36,8 +38,9 @@ BUDGET_MARGIN = 0.97
 BUDGET_RECHECK = 0.15
 # The re-check's window is timed in this many equal chunks; its rate is the chunks' median.
 BUDGET_CHUNKS = 8
-# The late checks' windows, as fractions of the session's steps (start, end): each may only
-# shorten the count.
+# The late checks' windows, as fractions of the session's steps (start, end): the first may
+# lengthen the count when another window follows it on the new count, the later ones only
+# shorten it.
 BUDGET_LATE = ((0.4, 0.5), (0.65, 0.75))
 
 

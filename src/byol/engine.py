@@ -143,7 +143,9 @@ class Trainer:
         self._t0: float | None = None  # perf_counter when this session's loop started
         self._rate: RateProbe | None = None  # train.time_budget's step rate, this session
         self._session_first = 0  # the step this session's loop started at
-        self._budget_stage = 0  # the next count decision: 0 the probe, 1 the re-check, 2 a late check
+        # the next count decision: 0 the probe, 1 the re-check, 2 the first late check (may
+        # lengthen the count when another check follows), 3 the later ones (may only shorten it)
+        self._budget_stage = 0
 
     # -- building --------------------------------------------------------------------------
 
@@ -184,8 +186,9 @@ class Trainer:
         """The run's length: total optimiser steps, epochs and warmup, from train.epochs or
         train.total_steps; with train.time_budget the count is fixed after BUDGET_PROBE[1]
         steps (until then the epochs-based count shapes the schedules and the run may go on
-        past it), checked once more over budget.recheck_window and then, only to shorten it,
-        over budget.late_windows."""
+        past it), checked once more over budget.recheck_window and then over
+        budget.late_windows (the first may lengthen it when another check follows, the later
+        ones only shorten it)."""
         t = self.cfg.train
         self.total_steps = t.total_steps or self.steps_per_epoch * t.epochs
         self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
@@ -356,13 +359,16 @@ class Trainer:
     def _fix_budget(self) -> None:
         """Fix the total step count from the measured rate (train.time_budget), the same on
         every process (rank 0 decides). The probe plans the re-check; the re-check plans the
-        late checks (budget.late_windows), which may only shorten the count."""
+        late checks (budget.late_windows). The first late check may lengthen the count when
+        another check follows it (a machine that sped up after the re-check uses its budget);
+        the later ones may only shorten it, so the run never ends past its budget on a rate that
+        was not checked again."""
         rate, elapsed = self._budget_inputs()
         lg = self.cfg.log
         stage, probe = self._budget_stage, self._rate
         total = budget_steps(self.state.step, elapsed, self.time_budget_s, rate,
                              self.monitor.cost if lg.knn_every_steps else 0.0, lg.knn_every_steps)
-        if stage == 2:
+        if stage == 3 or (stage == 2 and not late_windows(self._session_first, total, probe.end)):
             total = min(total, self.total_steps)
         if self.dist.enabled:
             t = torch.tensor([total], device=self.device, dtype=torch.int64)
@@ -375,7 +381,7 @@ class Trainer:
             window = recheck_window(self._session_first, total)
         else:  # the next late check, placed on the count as it now stands
             window = next(iter(late_windows(self._session_first, total, probe.end)), None)
-        self._budget_stage = min(stage + 1, 2)
+        self._budget_stage = min(stage + 1, 3)
         if window is None:
             self.budget_final = True
         else:
@@ -383,7 +389,7 @@ class Trainer:
         if self.dist.is_main:
             log.info("time budget %s%s: %.2f steps/s (%.0f images/s) over steps %d-%d, %.0f s spent "
                      "-> %d optimiser steps in all (%.2f epochs); the lr and tau schedules end there%s",
-                     self.cfg.train.time_budget, ("", " (re-check)", " (late check)")[stage], rate,
+                     self.cfg.train.time_budget, ("", " (re-check)", " (late check)", " (late check)")[stage], rate,
                      rate * self.global_batch, probe.start, probe.end, elapsed, total,
                      total / self.steps_per_epoch,
                      f"; checked again over steps {window[0]}-{window[1]}" if window else "")
