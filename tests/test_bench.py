@@ -95,3 +95,17 @@ def test_byol_bench_cli_writes_json(tmp_path):
     res = json.loads(out.read_text())
     assert res["mode"] == "augment" and res["batch"] == 8 and res["steps"] == 2
     assert res["images_per_s"] > 0 and res["seconds"] > 0
+
+
+def test_byol_bench_names_a_wide_last_stage(tmp_path, capsys):
+    from byol.bench import BenchResult
+
+    out = tmp_path / "bench.json"
+    args = [*TINY_BENCH, "--out", str(tmp_path / "run"), "--json", str(out),
+            "--set", "model.last_stage_width=96"]
+    assert main(args) == 0
+    res = json.loads(out.read_text())
+    assert res["last_stage_width"] == 96
+    assert "| resnet18 w8 last96 |" in BenchResult(**res).row()
+    res["last_stage_width"] = 0
+    assert "| resnet18 w8 |" in BenchResult(**res).row()

@@ -40,11 +40,15 @@ class BenchResult:
     achieved_tflops: float | None = None
     peak_tflops: float | None = None
     utilisation: float | None = None
+    last_stage_width: int = 0  # model.last_stage_width (0: 8 x width)
 
     def row(self) -> str:
         util = f"{100 * self.utilisation:.1f}%" if self.utilisation is not None else "-"
+        last = self.last_stage_width
+        model = f"{self.arch} w{self.width}" + (f" last{last}" if last and last != 8 * self.width
+                                                 else "")
         return (
-            f"| {self.mode} | {self.arch} w{self.width} | {self.image_size} | {self.batch} | "
+            f"| {self.mode} | {model} | {self.image_size} | {self.batch} | "
             f"{self.device} | {self.precision} | {self.images_per_s:,.0f} | "
             f"{self.peak_mem_gib:.2f} | {util} |"
         )
@@ -177,7 +181,7 @@ def run_bench(args: argparse.Namespace) -> BenchResult:
         torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32",
         trainer.channels_last, trainer.model.fuse_views, cfg.train.compile, args.steps, seconds,
-        ips, peak,
+        ips, peak, last_stage_width=cfg.model.last_stage_width,
     )
     if args.flops:
         flops = count_step_flops(trainer, next_micro())
