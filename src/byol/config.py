@@ -35,7 +35,7 @@ class ModelConfig:
     width: int = 64  # first-stage channels (64 = torchvision)
     # channels of the last stage (layer4's planes; 0 = 8 x width, torchvision's doubling). Wider
     # than that gives the probes more features for little compute where the last stage runs on
-    # a small map: fmnist_cpu1h (docs/RESULTS.md, ninth pass). ResNets only.
+    # a small map: fmnist_cpu1h uses 256 at width 16 (docs/RESULTS.md, ninth pass). ResNets only.
     last_stage_width: int = 0
     proj_hidden_dim: int = 4096
     proj_dim: int = 256
