@@ -389,7 +389,8 @@ class Trainer:
         if self.dist.is_main:
             log.info("time budget %s%s: %.2f steps/s (%.0f images/s) over steps %d-%d, %.0f s spent "
                      "-> %d optimiser steps in all (%.2f epochs); the lr and tau schedules end there%s",
-                     self.cfg.train.time_budget, ("", " (re-check)", " (late check)", " (late check)")[stage], rate,
+                     self.cfg.train.time_budget,
+                     ("", " (re-check)", " (late check)", " (late check)")[stage], rate,
                      rate * self.global_batch, probe.start, probe.end, elapsed, total,
                      total / self.steps_per_epoch,
                      f"; checked again over steps {window[0]}-{window[1]}" if window else "")

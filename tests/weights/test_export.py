@@ -192,49 +192,40 @@ def test_unsafe_pickle_needs_trust(tmp_path):
     assert rep["layout"] == "torchvision" and rep["arch"] == "resnet18"
 
 
-def test_safetensors_export_keeps_the_stride_2_stem(tmp_path):
-    # the stride is not in the tensors' shapes: evaluating the exported file must rebuild it
-    from byol.checkpoint import FORMAT, atomic_save
-    from byol.config import Config
+def _small_resnet10_exported(tmp_path, **model):
+    """A byol checkpoint of a width-8 small-stem ResNet-10 with ``model`` settings at c.pt, its
+    backbone exported as b.safetensors and evaluated from there: (model, eval model)."""
     from byol.eval.loading import load_eval_model
-    from byol.models import build_byol
-    from byol.weights.export import export_checkpoint
 
     cfg = Config()
-    cfg.model.arch, cfg.model.small_stem, cfg.model.width, cfg.model.stem_stride = (
-        "resnet10", True, 8, 2)
+    cfg.model.arch, cfg.model.small_stem, cfg.model.width = "resnet10", True, 8
     cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = cfg.model.proj_dim = 16
+    for k, v in model.items():
+        setattr(cfg.model, k, v)
     torch.manual_seed(0)
-    model = build_byol(cfg.model)
-    atomic_save({"format": FORMAT, "config": cfg.to_dict(), "model": model.state_dict()},
+    net = build_byol(cfg.model)
+    atomic_save({"format": FORMAT, "config": cfg.to_dict(), "model": net.state_dict()},
                 tmp_path / "c.pt")
     export_checkpoint(tmp_path / "c.pt", tmp_path / "b.safetensors", "safetensors")
     ev = load_eval_model(str(tmp_path / "b.safetensors"))
-    assert ev.backbone.conv1.stride == (2, 2) and ev.config.model.stem_stride == 2
     x = torch.rand(2, 3, 28, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(ev.backbone.eval()(x), model.backbone.eval()(x))
+    with torch.no_grad():  # the exported file rebuilds the same network
+        torch.testing.assert_close(ev.backbone.eval()(x), net.online.backbone.eval()(x))
+    return net, ev
+
+
+def test_safetensors_export_keeps_the_stride_2_stem(tmp_path):
+    # the stride is not in the tensors' shapes: evaluating the exported file must rebuild it
+    _, ev = _small_resnet10_exported(tmp_path, stem_stride=2)
+    assert ev.backbone.conv1.stride == (2, 2) and ev.config.model.stem_stride == 2
 
 
 def test_a_wide_last_stage_exports_to_safetensors_and_refuses_torchvision(tmp_path):
     # the last stage's width is in the tensors' shapes: the exported file rebuilds it
-    from byol.eval.loading import load_eval_model
     from byol.weights.foreign import infer_resnet
 
-    cfg = Config()
-    cfg.model.arch, cfg.model.small_stem, cfg.model.width = "resnet10", True, 8
-    cfg.model.last_stage_width = 80
-    cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = cfg.model.proj_dim = 16
-    torch.manual_seed(0)
-    model = build_byol(cfg.model)
-    atomic_save({"format": FORMAT, "config": cfg.to_dict(), "model": model.state_dict()},
-                tmp_path / "c.pt")
-    export_checkpoint(tmp_path / "c.pt", tmp_path / "b.safetensors", "safetensors")
-    ev = load_eval_model(str(tmp_path / "b.safetensors"))
+    _, ev = _small_resnet10_exported(tmp_path, last_stage_width=80)
     assert ev.config.model.last_stage_width == 80 and ev.backbone.num_features == 80
-    x = torch.rand(2, 3, 28, 28)
-    with torch.no_grad():
-        torch.testing.assert_close(ev.backbone.eval()(x), model.online.backbone.eval()(x))
     std = build_byol(Config().model).online.backbone.state_dict()
     assert infer_resnet(std)["last_stage_width"] == 0
     with pytest.raises(CheckpointError, match="last stage has 80 planes"):
