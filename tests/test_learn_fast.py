@@ -269,19 +269,26 @@ _FASTER = [(1.0, 2.0), (1.0, 52.0), (3.0, 110.0), (3.0, 158.0), (3.0, 207.0)]
 _FASTER_LAST = [(1.0, 2.0), (1.0, 52.0), (1.0, 102.0), (3.0, 127.0)]
 
 
-def test_a_late_check_shortens_the_count_on_a_machine_that_slowed_down(tmp_path, monkeypatch):
-    seen = _rates(monkeypatch, _SLOWER)
-    cfg = tiny_config(tmp_path, **{"train.time_budget": "260s", "train.epochs": 1,
-                                   "log.save_every": 1000})
-    t = Trainer(cfg)
+def _late_run(tmp_path, monkeypatch, reads):
+    """A run with a 260-s budget whose budget decisions read ``reads`` (see ``_rates``): the
+    trainer, its result, the steps the rates were read at, the counts decided and the last
+    logged lr row."""
+    seen = _rates(monkeypatch, reads)
+    t = Trainer(tiny_config(tmp_path, **{"train.time_budget": "260s", "train.epochs": 1,
+                                         "log.save_every": 1000}))
     res = t.train()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    counts = [r["budget_total_steps"] for r in rows if "budget_total_steps" in r]
+    return t, res, seen, counts, [r for r in rows if "lr" in r][-1]
+
+
+def test_a_late_check_shortens_the_count_on_a_machine_that_slowed_down(tmp_path, monkeypatch):
+    t, res, seen, counts, last = _late_run(tmp_path, monkeypatch, _SLOWER)
     assert seen == [50, 100, 150]  # after the first late check the run is too short for another
     assert budget_steps(150, 160.0, 260.0, 0.5) == 198
     assert res["steps"] == res["total_steps"] == 198
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["budget_total_steps"] for r in rows if "budget_total_steps" in r] == [300, 301, 198]
+    assert counts == [300, 301, 198]
     # the schedules end at the shortened count
-    last = [r for r in rows if "lr" in r][-1]
     assert last["step"] == 198 and last["lr"] == pytest.approx(
         engine.warmup_cosine(197, 198, t.warmup_steps, t.peak_lr), abs=1e-9)
     ck = load_checkpoint(tmp_path / "last.pt")
@@ -292,19 +299,12 @@ def test_the_first_late_check_lengthens_the_count_on_a_machine_that_sped_up(tmp_
     # 3x faster after the re-check: at step 150, 110 s spent of 260 -> 150 + int(150 * .97 * 3)
     # = 586 steps; the later checks are placed on that count and hold it (they could only
     # shorten it: at step 293, 293 + int(102 * .97 * 3) = 589 stays 586)
-    seen = _rates(monkeypatch, _FASTER)
-    cfg = tiny_config(tmp_path, **{"train.time_budget": "260s", "train.epochs": 1,
-                                   "log.save_every": 1000})
-    t = Trainer(cfg)
-    res = t.train()
+    t, res, seen, counts, last = _late_run(tmp_path, monkeypatch, _FASTER)
     assert budget_steps(150, 110.0, 260.0, 3.0) == 586
     assert budget.late_windows(0, 586, 150) == [(234, 293), (381, 440)]
     assert seen == [50, 100, 150, 293, 440]
     assert res["steps"] == res["total_steps"] == 586
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["budget_total_steps"] for r in rows if "budget_total_steps" in r] == \
-        [300, 301, 586, 586, 586]
-    last = [r for r in rows if "lr" in r][-1]
+    assert counts == [300, 301, 586, 586, 586]
     assert last["step"] == 586 and last["lr"] == pytest.approx(
         engine.warmup_cosine(585, 586, t.warmup_steps, t.peak_lr), abs=1e-9)
 
@@ -313,16 +313,11 @@ def test_the_last_late_check_never_lengthens_the_run(tmp_path, monkeypatch):
     # the first late check (step 150, same rate) keeps ~the count: 150 + int(158 * .97) = 303;
     # the second (step 227) reads 3x the rate: 227 + int(133 * .97 * 3) = 614, but no check
     # would follow to correct it, so the run ends at 303
-    seen = _rates(monkeypatch, _FASTER_LAST)
-    cfg = tiny_config(tmp_path, **{"train.time_budget": "260s", "train.epochs": 1,
-                                   "log.save_every": 1000})
-    res = Trainer(cfg).train()
+    _, res, seen, counts, _ = _late_run(tmp_path, monkeypatch, _FASTER_LAST)
     assert seen == [50, 100, 150, 227]
     assert budget_steps(227, 127.0, 260.0, 3.0) > 303
     assert res["steps"] == res["total_steps"] == 303
-    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["budget_total_steps"] for r in rows if "budget_total_steps" in r] == \
-        [300, 301, 303, 303]
+    assert counts == [300, 301, 303, 303]
 
 
 def test_time_budget_resume_after_a_late_check_is_bitwise(tmp_path, monkeypatch):
