@@ -9,9 +9,9 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_config
 
 from byol.runtime import flush_denormals
-from conftest import tiny_config
 
 PROBE = r"""
 import resource, sys, torch
