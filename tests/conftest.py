@@ -7,7 +7,6 @@ import torch
 
 from byol.config import load_config
 from byol.models import BYOL, build_backbone
-from byol.runtime import flush_denormals
 
 torch.set_num_threads(1)
 
@@ -68,13 +67,12 @@ def tiny_config(out_dir, **extra):
 
 @pytest.fixture(autouse=True)
 def _restore_torch_globals():
-    """The Trainer sets process-wide torch state (threads, deterministic algorithms, seed,
-    flushing of subnormal floats): put it back after each test so tests stay independent."""
+    """The Trainer sets process-wide torch state (threads, deterministic algorithms, seed):
+    put it back after each test so tests stay independent."""
     threads = torch.get_num_threads()
     det = torch.are_deterministic_algorithms_enabled()
     det_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     yield
-    flush_denormals(False)  # torch's default (it has no getter), in every thread of the pool
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(det, warn_only=det_warn)
 

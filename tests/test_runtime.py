@@ -1,5 +1,4 @@
-"""The CPU runtime settings: freed activations are reused instead of faulted in again, and
-subnormal floats are flushed to zero while training."""
+"""The CPU allocator setting: freed activations are reused instead of faulted in again."""
 
 from __future__ import annotations
 
@@ -8,10 +7,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from conftest import tiny_config
-
-from byol.runtime import flush_denormals
 
 PROBE = r"""
 import resource, sys, torch
@@ -47,49 +42,3 @@ def test_freed_memory_is_reused_without_page_faults():
     assert all(f > pages // 2 for f in faults_default[-4:])
     # tuned, the freed blocks are handed back already mapped
     assert all(f < pages // 10 for f in faults_tuned[-4:]), faults_tuned
-
-
-def _subnormal_survives() -> bool:
-    """Whether CPU arithmetic keeps subnormal floats in every thread of the OpenMP pool: 1e-40
-    (below float32's 1.2e-38) as 4M products, which torch splits between the threads."""
-    x = torch.full((4_000_000,), 1e-20)
-    kept = (x * x) != 0
-    if kept.all():
-        return True
-    assert not kept.any(), "some threads flush subnormals and others do not"
-    return False
-
-
-@pytest.fixture
-def two_thread_pool():
-    """Two OpenMP threads, both started before any flushing (the fixture in conftest restores
-    the thread count)."""
-    torch.set_num_threads(2)
-    a = torch.randn(512, 512)
-    (a @ a).sum()
-
-
-needs_flush = pytest.mark.skipif(not torch.set_flush_denormal(False),
-                                 reason="this CPU cannot flush subnormals")
-
-
-@needs_flush
-def test_flush_denormals_reaches_every_thread_of_the_pool(two_thread_pool):
-    assert _subnormal_survives()  # torch's default keeps them
-    assert flush_denormals(True)
-    assert not _subnormal_survives()  # in the pool's other thread as well, started before
-    assert torch.tensor([1e-323], dtype=torch.float64).item() == 0.0
-    flush_denormals(False)
-    assert _subnormal_survives()
-
-
-@needs_flush
-@pytest.mark.parametrize("setting, flushed", [(None, True), ("false", False)])
-def test_trainer_flushes_subnormals_unless_told_not_to(tmp_path, two_thread_pool, setting,
-                                                        flushed):
-    from byol.engine import Trainer
-
-    extra = {"train.threads": 2} if setting is None else {"train.threads": 2,
-                                                          "train.flush_denormal": setting}
-    Trainer(tiny_config(tmp_path, **extra))
-    assert _subnormal_survives() is not flushed

@@ -134,9 +134,6 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     threads: int = 0  # torch CPU threads (0: torch's default)
-    # flush subnormal floats to zero in CPU arithmetic (torch.set_flush_denormal, process-wide):
-    # a trained network's activations and gradients reach them and x86 slows down on them
-    flush_denormal: bool = True
     steps_per_epoch: int = 0  # 0: len(dataset) // global batch
     max_steps: int = 0  # stop after this many optimizer steps (0: all epochs)
     # the schedule's length in optimizer steps (0: train.epochs x steps per epoch); the run

@@ -46,7 +46,7 @@ from .optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from .precision import autocast, autocast_dtype
 from .preflight import check_memory
 from .runfolder import RunFolder, load_resumable, resumable_config
-from .runtime import flush_denormals, keep_freed_memory
+from .runtime import keep_freed_memory
 
 log = logging.getLogger("byol")
 
@@ -103,8 +103,6 @@ class Trainer:
             torch.set_num_threads(t.threads)
         if self.device.type == "cpu":
             keep_freed_memory()  # no page-fault storm from re-mmapped activations
-        if t.flush_denormal:
-            flush_denormals()  # CPU arithmetic only; a trained network is 25% faster with it
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         torch.manual_seed(t.seed)

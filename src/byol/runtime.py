@@ -24,8 +24,6 @@ import logging
 import os
 import sys
 
-import torch
-
 log = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD = -1
@@ -53,52 +51,6 @@ def keep_freed_memory() -> bool:
     )
     log.debug("malloc tuning %s", "on" if ok else "refused")
     return ok
-
-
-def _openmp_runtime() -> ctypes.CDLL | None:
-    """The OpenMP runtime torch's CPU kernels run on (libgomp, or LLVM/Intel's, which export the
-    same GOMP entry points), found among the libraries this process has loaded."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "/" in line}
-    except OSError:
-        return None
-    for name in ("libgomp", "libomp", "libiomp5"):
-        for path in sorted(p for p in paths if os.path.basename(p).startswith(name)):
-            try:
-                lib = ctypes.CDLL(path)
-                lib.GOMP_parallel  # noqa: B018 (the entry point must exist)
-                return lib
-            except (OSError, AttributeError):
-                continue
-    return None
-
-
-_PER_THREAD = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-
-
-def flush_denormals(on: bool = True) -> bool:
-    """Flush subnormal floats (below 1.2e-38) to zero in CPU arithmetic: a trained network's
-    activations and gradients reach them, and x86 cores compute on them through a slow microcode
-    path (a Fashion-MNIST checkpoint after 17k steps trained at 614 images/s without flushing,
-    769 with it, the speed of a fresh network; docs/RESULTS.md, tenth pass). Values that small
-    change no result.
-
-    The setting (``torch.set_flush_denormal``) lives in each thread's floating-point control
-    register, and threads inherit it only when they are created: so it is set here in the
-    calling thread and in every thread of torch's OpenMP pool, which may already exist.
-    Returns whether the CPU supports it (x86 with SSE3; elsewhere a no-op, False)."""
-    if not torch.set_flush_denormal(on):
-        return False
-    omp = _openmp_runtime()
-    if omp is not None and torch.get_num_threads() > 1:
-        each = _PER_THREAD(lambda _: torch.set_flush_denormal(on))
-        omp.GOMP_parallel.argtypes = [_PER_THREAD, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
-        omp.GOMP_parallel.restype = None
-        omp.GOMP_parallel(each, None, torch.get_num_threads(), 0)
-    log.debug("flush denormals %s (OpenMP pool %s)", "on" if on else "off",
-              "reached" if omp is not None else "not found: the calling thread only")
-    return True
 
 
 def resolve_device(name: str | None, local_rank: int | None = None, setting: str = "--device"):
