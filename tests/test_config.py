@@ -246,7 +246,7 @@ def test_stem_stride_is_checked_and_names_the_key():
     assert build_byol(cfg.model).backbone.conv1.kernel_size == (7, 7)
     cfg = load_config("fmnist_cpu1h")
     assert (cfg.model.stem_stride, cfg.model.small_stem, cfg.model.width,
-            cfg.model.last_stage_width) == (1, True, 16, 256)
+            cfg.model.last_stage_width) == (1, True, 16, 384)
 
 
 def test_last_stage_width_is_checked():
