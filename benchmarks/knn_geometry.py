@@ -16,18 +16,8 @@ scored once. Not a protocol: a measure of how much the cosine geometry hides
 from __future__ import annotations
 
 import argparse
-import gzip
-from pathlib import Path
 
-import numpy as np
 import torch
-
-
-def read_idx(path: Path) -> torch.Tensor:
-    raw = gzip.open(path).read()
-    if "labels" in path.name:
-        return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=8).astype(np.int64))
-    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 1, 28, 28).copy())
 
 
 @torch.no_grad()
@@ -41,6 +31,7 @@ def features(backbone, images: torch.Tensor, mean, std, batch: int = 1000) -> to
 
 def main() -> None:
     from byol.api import load_backbone
+    from byol.data.formats import read_mnist_like
     from byol.eval.knn import knn_classify
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -50,9 +41,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    d = Path(args.data)
-    xtr, ytr = read_idx(d / "train-images-idx3-ubyte.gz"), read_idx(d / "train-labels-idx1-ubyte.gz")
-    xte, yte = read_idx(d / "t10k-images-idx3-ubyte.gz"), read_idx(d / "t10k-labels-idx1-ubyte.gz")
+    train = read_mnist_like("fashion_mnist", args.data, "train", 0)
+    test = read_mnist_like("fashion_mnist", args.data, "test", 0)
+    xtr, ytr, xte, yte = train.images, train.labels, test.images, test.labels
     print("| checkpoint | features | as they are (the protocol) | centred | standardised |")
     print("|---|---|---|---|---|")
     for ck in args.checkpoints:
