@@ -260,3 +260,9 @@ def test_last_stage_width_is_checked():
     cfg.model.last_stage_width, cfg.model.arch = 256, "timm:resnet18"
     with pytest.raises(ConfigError, match="timm"):
         validate(cfg)
+    cfg.model.last_stage_width, cfg.model.feature_bn = 0, True
+    with pytest.raises(ConfigError, match="model.feature_bn.*timm"):
+        validate(cfg)
+    cfg.model.arch = "resnet18"
+    validate(cfg)
+    assert Config().model.feature_bn is False  # torchvision's ResNet unless a preset asks

@@ -37,6 +37,14 @@ class ModelConfig:
     # than that gives the probes more features for little compute where the last stage runs on
     # a small map: fmnist_cpu1h uses 256 at width 16 (docs/RESULTS.md, ninth pass). ResNets only.
     last_stage_width: int = 0
+    # a BatchNorm without scale or shift on the pooled features (the backbone's output, what the
+    # probes and `byol embed` read): per-dimension standardised features, by the running
+    # statistics of training. ReLU features are non-negative and share one large direction that
+    # enters every cosine similarity; standardising removes it (re-identification's "BNNeck"
+    # for cosine retrieval). Off = torchvision's ResNet (every paper and mmselfsup preset);
+    # fmnist_cpu1h has it on (docs/RESULTS.md, eleventh pass). ResNets only; the exports that
+    # rebuild a stock ResNet (torchvision, timm, mm*, detectron2) have no place for it.
+    feature_bn: bool = False
     proj_hidden_dim: int = 4096
     proj_dim: int = 256
     pred_hidden_dim: int = 4096
@@ -422,6 +430,9 @@ def validate(cfg: Config, where: str = "config") -> None:
     if m.last_stage_width and m.arch.startswith("timm:"):
         bad("model.last_stage_width", f"is {m.last_stage_width} but model.arch {m.arch} is a timm "
             "model: only byol's ResNets have it; set it to 0")
+    if m.feature_bn and m.arch.startswith("timm:"):
+        bad("model.feature_bn", f"is true but model.arch {m.arch} is a timm model: only byol's "
+            "ResNets have it; set it to false")
     if t.accumulate < 1:
         bad("train.accumulate", f"must be >= 1, got {t.accumulate}")
     if t.epochs < 1:

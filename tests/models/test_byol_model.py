@@ -420,3 +420,41 @@ def test_last_stage_width_widens_only_the_last_stage_and_the_features():
         build_backbone("resnet18", last_stage_width=-1)
     with pytest.raises(ValueError, match="timm"):
         build_backbone("timm:resnet18", last_stage_width=64)
+
+
+def test_feature_bn_standardises_the_pooled_features_and_nothing_else():
+    from byol.config import Config
+    from byol.models import build_byol
+
+    torch.manual_seed(0)
+    plain = build_backbone("resnet10", in_chans=1, small_stem=True, width=8)
+    fbn = build_backbone("resnet10", in_chans=1, small_stem=True, width=8, feature_bn=True)
+    extra = set(fbn.state_dict()) - set(plain.state_dict())
+    assert extra == {"feat_norm.running_mean", "feat_norm.running_var",
+                     "feat_norm.num_batches_tracked"}
+    assert not any(k.startswith("feat_norm") for k in plain.state_dict())  # torchvision's keys
+    assert not list(fbn.feat_norm.parameters())  # no scale, no shift: nothing to learn
+    fbn.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.rand(16, 1, 28, 28)
+    with torch.no_grad():
+        raw = plain.train()(x)
+        out = fbn.train()(x)
+        mu, var = raw.mean(0), raw.var(0, unbiased=False)
+        torch.testing.assert_close(out, (raw - mu) / torch.sqrt(var + 1e-5))
+        # the running statistics follow training (momentum 0.1) and are what eval mode reads
+        torch.testing.assert_close(fbn.feat_norm.running_mean, 0.1 * mu)
+        rm, rv = fbn.feat_norm.running_mean, fbn.feat_norm.running_var
+        plain.eval(), fbn.eval()
+        raw = plain(x)
+        torch.testing.assert_close(fbn(x), (raw - rm) / torch.sqrt(rv + 1e-5))
+        assert fbn(x).min() < 0  # centred: no longer all non-negative like the ReLU features
+        for k, v in plain.forward_stages(x).items():  # the stage outputs do not pass it
+            torch.testing.assert_close(fbn.forward_stages(x)[k], v)
+    cfg = Config()
+    cfg.model.arch, cfg.model.in_chans, cfg.model.small_stem, cfg.model.width = "resnet10", 1, True, 8
+    cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = cfg.model.proj_dim = 16
+    cfg.model.feature_bn = True
+    m = build_byol(cfg.model)
+    assert m.online.backbone.feat_norm is not None and m.target.backbone.feat_norm is not None
+    with pytest.raises(ValueError, match="feature_bn"):
+        build_backbone("timm:resnet18", feature_bn=True)

@@ -16,11 +16,13 @@ from byol.weights.export import export_checkpoint, import_checkpoint
 from byol.weights.foreign import mlp_to_neck
 
 
-def _byol_ckpt(path, arch="resnet18", in_chans=3, small_stem=True, width=8, hidden=32, dim=16):
+def _byol_ckpt(path, arch="resnet18", in_chans=3, small_stem=True, width=8, hidden=32, dim=16,
+               feature_bn=False):
     torch.manual_seed(0)
     cfg = Config()
     cfg.model.arch, cfg.model.in_chans, cfg.model.small_stem, cfg.model.width = (
         arch, in_chans, small_stem, width)
+    cfg.model.feature_bn = feature_bn
     cfg.model.proj_hidden_dim, cfg.model.proj_dim, cfg.model.pred_hidden_dim = hidden, dim, hidden
     cfg.data.source = "synthetic"
     if in_chans == 1:
@@ -230,3 +232,48 @@ def test_a_wide_last_stage_exports_to_safetensors_and_refuses_torchvision(tmp_pa
     assert infer_resnet(std)["last_stage_width"] == 0
     with pytest.raises(CheckpointError, match="last stage has 80 planes"):
         export_checkpoint(tmp_path / "c.pt", tmp_path / "t.pth", "torchvision")
+
+
+def test_feature_bn_travels_in_safetensors_and_is_left_out_of_stock_resnets(tmp_path):
+    from byol.api import load_backbone as api_load_backbone
+    from byol.eval.loading import load_eval_model
+    from byol.weights.foreign import infer_resnet
+
+    ck = tmp_path / "fbn.pt"
+    model = _byol_ckpt(ck, arch="resnet18", small_stem=False, width=64, feature_bn=True)
+    bb = model.online.backbone.eval()
+    norm = bb.feat_norm
+    assert float(norm.running_mean.abs().sum()) > 0  # non-trivial statistics to carry
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours = bb(x)
+        raw = ours * torch.sqrt(norm.running_var + norm.eps) + norm.running_mean
+    # byol's own checkpoint and its safetensors export rebuild the BatchNorm with its statistics
+    ev = load_eval_model(str(ck))
+    assert ev.config.model.feature_bn
+    assert ":fbn" in load_eval_model(str(ck), baseline="random").key
+    rep = export_checkpoint(ck, tmp_path / "b.safetensors", "safetensors")
+    assert not any("feature_bn" in n for n in rep["notes"])
+    ev2 = load_eval_model(str(tmp_path / "b.safetensors"))
+    assert ev2.config.model.feature_bn
+    from safetensors.torch import load_file
+
+    assert infer_resnet(load_file(str(tmp_path / "b.safetensors")))["feature_bn"]
+    with torch.no_grad():
+        torch.testing.assert_close(ev.backbone.eval()(x), ours)
+        torch.testing.assert_close(ev2.backbone.eval()(x), ours)
+    # a stock ResNet has no place for it: left out with a note, the features before it
+    rep = export_checkpoint(ck, tmp_path / "t.pth", "torchvision")  # strict load verified
+    assert any("model.feature_bn" in n for n in rep["notes"])
+    sd = torch.load(tmp_path / "t.pth", weights_only=True)
+    assert not any(k.startswith("feat_norm") for k in sd)
+    tv = torchvision.models.resnet18()
+    tv.load_state_dict(sd, strict=True)
+    tv.fc = torch.nn.Identity()
+    with torch.no_grad():
+        torch.testing.assert_close(tv.eval()(x), raw, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(api_load_backbone(str(ck), "torchvision")(x), raw,
+                                   rtol=1e-4, atol=1e-4)
+    rep = export_checkpoint(ck, tmp_path / "d2.pkl", "detectron2")
+    d2 = pickle.loads((tmp_path / "d2.pkl").read_bytes())["model"]
+    assert not any("feat_norm" in k for k in d2) and "res5.1.conv2.weight" in d2

@@ -75,19 +75,20 @@ def load_eval_model(
             bb, cfg, info = backbone_from_any(checkpoint, trust=trust)
         m, a = cfg.model, cfg.augment
         arch_, in_, small_, width_ = m.arch, m.in_chans, m.small_stem, m.width
-        stride_, last_ = m.stem_stride, m.last_stage_width
+        stride_, last_, fbn_ = m.stem_stride, m.last_stage_width, m.feature_bn
         size_, mean_, std_ = a.image_size, tuple(a.mean), tuple(a.std)
         label, key = "byol", checkpoint_key(checkpoint, which)
     else:
         bb = None
         arch_, in_, small_, width_ = "resnet50", 3, False, 64
-        stride_, last_ = 1, 0
+        stride_, last_, fbn_ = 1, 0, False
         size_, mean_, std_ = 224, None, None
         label, key = "", ""
     arch_ = arch or arch_
     in_ = in_chans or in_
     small_ = small_stem if small_stem is not None else small_
     stride_ = stride_ if small_ else 1
+    fbn_ = fbn_ and not arch_.startswith("timm:")
     if width and width != width_:
         last_ = 0  # another width: its own (doubling) last stage
     width_ = width or width_
@@ -112,13 +113,15 @@ def load_eval_model(
             seed = cfg.train.seed if cfg is not None else 0
         with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
             torch.manual_seed(seed)
-            bb = build_backbone(arch_, in_, small_, width_, stride_, last_)
+            bb = build_backbone(arch_, in_, small_, width_, stride_, last_, fbn_)
         label = "random-init"
         key = f"random-init:{arch_}:c{in_}:s{int(small_)}:w{width_}:seed{seed}"
         if stride_ != 1:
             key += f":stride{stride_}"
         if last_ and last_ != 8 * width_:
             key += f":last{last_}"
+        if fbn_:  # at init its statistics are 0 / 1: the same features, kept apart all the same
+            key += ":fbn"
     elif baseline == "pixels":
         bb = PixelBackbone(in_chans=in_ if checkpoint else in_chans)
         label, key, arch_ = "pixels", "pixels", "pixels"

@@ -51,6 +51,10 @@ class ResNet(nn.Module):
         last_stage_width: channels of the last stage (layer4's ``planes``; 0 = ``8 * width``,
             torchvision's doubling). A wider last stage gives more features to the probes for
             little compute when the last stage runs on a small map (a 4x4 map at 28 px).
+        feature_bn: a BatchNorm without scale or shift (``feat_norm``) on the pooled output:
+            features standardised per dimension by the running statistics of training, so
+            that a cosine similarity is not dominated by the common direction of non-negative
+            ReLU features. The stage outputs (``forward_stages``) do not pass it.
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
         stem_stride: int = 1,
         last_stage_width: int = 0,
+        feature_bn: bool = False,
     ) -> None:
         super().__init__()
         if arch not in _RESNETS:
@@ -98,6 +103,8 @@ class ResNet(nn.Module):
         )
         planes = (width, width * 2, width * 4, last)
         self.num_features = last * block.expansion
+        self.feature_bn = feature_bn
+        self.feat_norm = nn.BatchNorm1d(self.num_features, affine=False) if feature_bn else None
         self.stage_channels = (width,) + tuple(p * block.expansion for p in planes)
 
     def forward_stages(
@@ -127,7 +134,8 @@ class ResNet(nn.Module):
         """Global-average-pooled output of the last stage, [B, num_features]."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+        return self.feat_norm(x) if self.feat_norm is not None else x
 
 
 def _narrow(block, layers, width, wide, zero_init_residual, last) -> tv_resnet.ResNet:
@@ -198,13 +206,14 @@ class TimmBackbone(nn.Module):
 
 def build_backbone(
     arch: str, in_chans: int = 3, small_stem: bool = False, width: int = 64, stem_stride: int = 1,
-    last_stage_width: int = 0,
+    last_stage_width: int = 0, feature_bn: bool = False,
 ) -> nn.Module:
     """``resnet18`` .. ``wide_resnet101_2`` or ``timm:<model name>``."""
     if arch.startswith("timm:"):
-        if last_stage_width:
-            raise ValueError(f"last_stage_width={last_stage_width} applies to byol's ResNets, not "
-                             f"to {arch}")
+        if last_stage_width or feature_bn:
+            what = f"last_stage_width={last_stage_width}" if last_stage_width else "feature_bn"
+            raise ValueError(f"{what} applies to byol's ResNets, not to {arch}")
         return TimmBackbone(arch[5:], in_chans=in_chans)
     return ResNet(arch, in_chans=in_chans, small_stem=small_stem, width=width,
-                  stem_stride=stem_stride, last_stage_width=last_stage_width)
+                  stem_stride=stem_stride, last_stage_width=last_stage_width,
+                  feature_bn=feature_bn)

@@ -97,6 +97,20 @@ def check_torchvision_compatible(info: dict[str, Any], fmt: str, force: bool) ->
     return why
 
 
+FEATURE_BN_NOTE = (
+    "the BatchNorm on the pooled features (model.feature_bn) is left out: a stock ResNet has no "
+    "place for it, so its pooled features are those before it (a per-dimension affine map that "
+    "a linear layer on top absorbs; stage features are unchanged); export as safetensors to "
+    "keep it")
+
+
+def drop_feature_bn(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+    """The state dict without byol's pooled-feature BatchNorm (``feat_norm.*``), and whether
+    it had one."""
+    kept = {k: v for k, v in sd.items() if not k.startswith("feat_norm.")}
+    return kept, len(kept) != len(sd)
+
+
 def to_torchvision(sd: dict[str, torch.Tensor], num_classes: int = 1000) -> dict[str, torch.Tensor]:
     """torchvision key layout with a zero-initialised ``fc`` (strict loading needs one; it is
     not a trained classifier) and conv1 expanded to RGB for 1-channel backbones."""
@@ -143,6 +157,7 @@ def _meta(info: dict[str, Any], fmt: str, notes: list[str]) -> dict[str, Any]:
             "in_chans": info["in_chans"], "small_stem": info["small_stem"],
             "stem_stride": int(info.get("stem_stride", 1)),
             "width": info["width"], "last_stage_width": int(info.get("last_stage_width", 0)),
+            "feature_bn": bool(info.get("feature_bn", False)),
             "source": info.get("source", ""),
             "which": info.get("which", "online"), "notes": notes}
 
@@ -170,6 +185,9 @@ def export_checkpoint(
     notes: list[str] = []
     if fmt != "safetensors":
         notes += check_torchvision_compatible(info, fmt, force)
+        sd, dropped = drop_feature_bn(sd)
+        if dropped:
+            notes.append(FEATURE_BN_NOTE)
         if info["in_chans"] == 1:
             notes.append("1-channel conv1 repeated over RGB and divided by 3: feed gray images "
                          "replicated to 3 channels, each normalised with the model's mean/std")
