@@ -292,7 +292,7 @@ def backbone_from_checkpoint(
     cfg = config_from_dict(ckpt["config"], where=source)
     m = cfg.model
     backbone = build_backbone(m.arch, m.in_chans, m.small_stem, m.width, m.stem_stride,
-                              m.last_stage_width, m.feature_bn)
+                              m.last_stage_width, m.feature_bn, m.feature_whiten)
     prefix = f"{which}.backbone."
     state = {k[len(prefix) :]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
     load_state_reporting(backbone, state, source)

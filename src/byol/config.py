@@ -45,6 +45,14 @@ class ModelConfig:
     # fmnist_cpu1h has it on (docs/RESULTS.md, eleventh pass). ResNets only; the exports that
     # rebuild a stock ResNet (torchvision, timm, mm*, detectron2) have no place for it.
     feature_bn: bool = False
+    # ZCA whitening of the pooled features (after feature_bn), fitted at the end of pretraining
+    # on the features of up to 10,000 clean training images (no labels); the value is its
+    # shrinkage (a fraction of the largest eigenvalue added to every eigenvalue; 0 = off, the
+    # paper's and mmselfsup's features). BYOL's features keep most variance in a few
+    # directions that dominate a cosine similarity; whitening lets the kNN read the rest
+    # (docs/RESULTS.md, eleventh pass). A fixed linear map: a linear probe can absorb it.
+    # ResNets only; the stock-ResNet exports leave it out (safetensors keeps it).
+    feature_whiten: float = 0.0
     proj_hidden_dim: int = 4096
     proj_dim: int = 256
     pred_hidden_dim: int = 4096
@@ -429,6 +437,12 @@ def validate(cfg: Config, where: str = "config") -> None:
             f"{m.last_stage_width}")
     if m.last_stage_width and m.arch.startswith("timm:"):
         bad("model.last_stage_width", f"is {m.last_stage_width} but model.arch {m.arch} is a timm "
+            "model: only byol's ResNets have it; set it to 0")
+    if m.feature_whiten < 0 or m.feature_whiten >= 1:
+        bad("model.feature_whiten", f"must be 0 (off) or a shrinkage in (0, 1), e.g. 0.01; got "
+            f"{m.feature_whiten}")
+    if m.feature_whiten and m.arch.startswith("timm:"):
+        bad("model.feature_whiten", f"is {m.feature_whiten} but model.arch {m.arch} is a timm "
             "model: only byol's ResNets have it; set it to 0")
     if m.feature_bn and m.arch.startswith("timm:"):
         bad("model.feature_bn", f"is true but model.arch {m.arch} is a timm model: only byol's "

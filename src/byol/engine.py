@@ -41,6 +41,7 @@ from .config import Config, dump_yaml, parse_duration
 from .data.feeders import build_feeder, epoch_permutation, slot_indices
 from .errors import TrainingError
 from .models.byol import build_byol, tau_schedule
+from .models.whitening import fit_feature_whitening
 from .monitor import KnnMonitor, monitor_verdict
 from .optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from .precision import autocast, autocast_dtype
@@ -53,6 +54,9 @@ log = logging.getLogger("byol")
 
 #: train.nonfinite=skip gives up (TrainingError) after this many non-finite steps in a row.
 MAX_CONSECUTIVE_SKIPS = 25
+# model.feature_whiten fits on this many clean training images (a 512-feature covariance
+# needs a few thousand; more costs forward passes at the end of the run)
+WHITEN_IMAGES = 10_000
 
 #: Test hook (fault injection): with BYOL_FAULT_KILL_AT_STEP=N, the process of rank
 #: BYOL_FAULT_KILL_RANK (default 1) dies with os._exit(1) right after optimiser step N, on the
@@ -356,6 +360,16 @@ class Trainer:
         """(optimiser steps per second over the probe, wall seconds of training so far)."""
         return self._rate.rate(), self.state.elapsed_s + self._session_elapsed()
 
+    def _whiten_reserve(self, rate: float) -> float:
+        """Seconds kept from train.time_budget for model.feature_whiten's fit: forwards of
+        WHITEN_IMAGES images through two backbones, each counted as half a training image
+        (a training image costs two views forward and backward plus the target's forwards:
+        about eight forwards)."""
+        if not self.cfg.model.feature_whiten:
+            return 0.0
+        n = min(WHITEN_IMAGES, len(self.source))
+        return 2 * n * 0.5 / max(rate * self.global_batch, 1e-9)
+
     def _fix_budget(self) -> None:
         """Fix the total step count from the measured rate (train.time_budget), the same on
         every process (rank 0 decides). The probe plans the re-check; the re-check plans the
@@ -366,7 +380,8 @@ class Trainer:
         rate, elapsed = self._budget_inputs()
         lg = self.cfg.log
         stage, probe = self._budget_stage, self._rate
-        total = budget_steps(self.state.step, elapsed, self.time_budget_s, rate,
+        budget_s = self.time_budget_s - self._whiten_reserve(rate)
+        total = budget_steps(self.state.step, elapsed, budget_s, rate,
                              self.monitor.cost if lg.knn_every_steps else 0.0, lg.knn_every_steps)
         if stage == 3 or (stage == 2 and not late_windows(self._session_first, total, probe.end)):
             total = min(total, self.total_steps)
@@ -682,7 +697,10 @@ class Trainer:
         if cfg.log.knn_every_steps and not any(
                 f"knn_top1_k{k}" in r and r["step"] == self.state.step for r in self.state.history[-3:]):
             self._monitor_row(self.state.epoch + self.state.step_in_epoch / self.steps_per_epoch)
-        if self._saved_step != self.state.step:
+        if cfg.model.feature_whiten:
+            self._fit_whitening()
+            self.save()
+        elif self._saved_step != self.state.step:
             self.save()
         du.barrier()
         wall = time.perf_counter() - t0
@@ -703,6 +721,23 @@ class Trainer:
         if self.dist.is_main:
             self.run.write_result(result)
         return result
+
+    def _fit_whitening(self) -> None:
+        """model.feature_whiten: fit the online and target backbones' whitening on the pooled
+        features of up to WHITEN_IMAGES clean training images (no labels), drawn from
+        train.seed; every process fits the same."""
+        t0 = time.perf_counter()
+        d, a = self.cfg.data, self.cfg.augment
+        for net in (self.model.online.backbone, self.model.target.backbone):
+            n = fit_feature_whitening(net, self.source, images=WHITEN_IMAGES,
+                                      seed=self.cfg.train.seed, image_size=a.image_size,
+                                      mean=a.mean, std=a.std, device=self.device)
+        spent = time.perf_counter() - t0
+        self._record({"step": self.state.step, "whiten_images": n, "whiten_s": round(spent, 2)})
+        if self.dist.is_main:
+            log.info("model.feature_whiten %g: fitted on the pooled features of %d training "
+                     "images of %s (no labels) in %.1f s", self.cfg.model.feature_whiten, n,
+                     d.source, spent)
 
     def _stop_for_signal(self) -> dict[str, Any]:
         name = signal.Signals(self._stop_signal).name

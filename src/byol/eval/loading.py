@@ -76,12 +76,13 @@ def load_eval_model(
         m, a = cfg.model, cfg.augment
         arch_, in_, small_, width_ = m.arch, m.in_chans, m.small_stem, m.width
         stride_, last_, fbn_ = m.stem_stride, m.last_stage_width, m.feature_bn
+        white_ = m.feature_whiten
         size_, mean_, std_ = a.image_size, tuple(a.mean), tuple(a.std)
         label, key = "byol", checkpoint_key(checkpoint, which)
     else:
         bb = None
         arch_, in_, small_, width_ = "resnet50", 3, False, 64
-        stride_, last_, fbn_ = 1, 0, False
+        stride_, last_, fbn_, white_ = 1, 0, False, 0.0
         size_, mean_, std_ = 224, None, None
         label, key = "", ""
     arch_ = arch or arch_
@@ -89,6 +90,7 @@ def load_eval_model(
     small_ = small_stem if small_stem is not None else small_
     stride_ = stride_ if small_ else 1
     fbn_ = fbn_ and not arch_.startswith("timm:")
+    white_ = 0.0 if arch_.startswith("timm:") else white_
     if width and width != width_:
         last_ = 0  # another width: its own (doubling) last stage
     width_ = width or width_
@@ -113,7 +115,8 @@ def load_eval_model(
             seed = cfg.train.seed if cfg is not None else 0
         with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's RNG
             torch.manual_seed(seed)
-            bb = build_backbone(arch_, in_, small_, width_, stride_, last_, fbn_)
+            # an unfitted whitening is the identity: the network before training
+            bb = build_backbone(arch_, in_, small_, width_, stride_, last_, fbn_, white_)
         label = "random-init"
         key = f"random-init:{arch_}:c{in_}:s{int(small_)}:w{width_}:seed{seed}"
         if stride_ != 1:

@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.models import resnet as tv_resnet
 
 from ..config import RESNET_NAMES
+from .whitening import FeatureWhitening
 
 FEATURE_NAMES = ("feature1", "feature2", "feature3", "feature4", "feature5")
 
@@ -55,6 +56,9 @@ class ResNet(nn.Module):
             features standardised per dimension by the running statistics of training, so
             that a cosine similarity is not dominated by the common direction of non-negative
             ReLU features. The stage outputs (``forward_stages``) do not pass it.
+        feature_whiten: the shrinkage of a ZCA whitening of the pooled output (``feat_whiten``,
+            :class:`byol.models.whitening.FeatureWhitening`; 0 = none); the identity until
+            fitted on training images' features (the engine does at the end of pretraining).
     """
 
     def __init__(
@@ -67,6 +71,7 @@ class ResNet(nn.Module):
         stem_stride: int = 1,
         last_stage_width: int = 0,
         feature_bn: bool = False,
+        feature_whiten: float = 0.0,
     ) -> None:
         super().__init__()
         if arch not in _RESNETS:
@@ -105,6 +110,8 @@ class ResNet(nn.Module):
         self.num_features = last * block.expansion
         self.feature_bn = feature_bn
         self.feat_norm = nn.BatchNorm1d(self.num_features, affine=False) if feature_bn else None
+        self.feat_whiten = (FeatureWhitening(self.num_features, feature_whiten)
+                            if feature_whiten else None)
         self.stage_channels = (width,) + tuple(p * block.expansion for p in planes)
 
     def forward_stages(
@@ -135,7 +142,9 @@ class ResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
-        return self.feat_norm(x) if self.feat_norm is not None else x
+        if self.feat_norm is not None:
+            x = self.feat_norm(x)
+        return self.feat_whiten(x) if self.feat_whiten is not None else x
 
 
 def _narrow(block, layers, width, wide, zero_init_residual, last) -> tv_resnet.ResNet:
@@ -206,14 +215,15 @@ class TimmBackbone(nn.Module):
 
 def build_backbone(
     arch: str, in_chans: int = 3, small_stem: bool = False, width: int = 64, stem_stride: int = 1,
-    last_stage_width: int = 0, feature_bn: bool = False,
+    last_stage_width: int = 0, feature_bn: bool = False, feature_whiten: float = 0.0,
 ) -> nn.Module:
     """``resnet18`` .. ``wide_resnet101_2`` or ``timm:<model name>``."""
     if arch.startswith("timm:"):
-        if last_stage_width or feature_bn:
-            what = f"last_stage_width={last_stage_width}" if last_stage_width else "feature_bn"
+        if last_stage_width or feature_bn or feature_whiten:
+            what = (f"last_stage_width={last_stage_width}" if last_stage_width
+                    else "feature_bn" if feature_bn else "feature_whiten")
             raise ValueError(f"{what} applies to byol's ResNets, not to {arch}")
         return TimmBackbone(arch[5:], in_chans=in_chans)
     return ResNet(arch, in_chans=in_chans, small_stem=small_stem, width=width,
                   stem_stride=stem_stride, last_stage_width=last_stage_width,
-                  feature_bn=feature_bn)
+                  feature_bn=feature_bn, feature_whiten=feature_whiten)

@@ -133,7 +133,7 @@ def build_byol(model_cfg, fuse_views: bool = True, init_target_from_online: bool
     backbone = build_backbone(
         model_cfg.arch, model_cfg.in_chans, model_cfg.small_stem, model_cfg.width,
         getattr(model_cfg, "stem_stride", 1), getattr(model_cfg, "last_stage_width", 0),
-        getattr(model_cfg, "feature_bn", False),
+        getattr(model_cfg, "feature_bn", False), getattr(model_cfg, "feature_whiten", 0.0),
     )
     return BYOL(
         backbone,

@@ -98,16 +98,16 @@ def check_torchvision_compatible(info: dict[str, Any], fmt: str, force: bool) ->
 
 
 FEATURE_BN_NOTE = (
-    "the BatchNorm on the pooled features (model.feature_bn) is left out: a stock ResNet has no "
-    "place for it, so its pooled features are those before it (a per-dimension affine map that "
-    "a linear layer on top absorbs; stage features are unchanged); export as safetensors to "
-    "keep it")
+    "the BatchNorm / whitening of the pooled features (model.feature_bn / model.feature_whiten) "
+    "is left out: a stock ResNet has no place for it, so its pooled features are those before "
+    "it (an affine map that a linear layer on top absorbs; stage features are unchanged); "
+    "export as safetensors to keep it")
 
 
 def drop_feature_bn(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
-    """The state dict without byol's pooled-feature BatchNorm (``feat_norm.*``), and whether
-    it had one."""
-    kept = {k: v for k, v in sd.items() if not k.startswith("feat_norm.")}
+    """The state dict without byol's layers on the pooled features (``feat_norm.*``,
+    ``feat_whiten.*``), and whether it had any."""
+    kept = {k: v for k, v in sd.items() if not k.startswith(("feat_norm.", "feat_whiten."))}
     return kept, len(kept) != len(sd)
 
 
@@ -158,6 +158,7 @@ def _meta(info: dict[str, Any], fmt: str, notes: list[str]) -> dict[str, Any]:
             "stem_stride": int(info.get("stem_stride", 1)),
             "width": info["width"], "last_stage_width": int(info.get("last_stage_width", 0)),
             "feature_bn": bool(info.get("feature_bn", False)),
+            "feature_whiten": float(info.get("feature_whiten", 0.0)),
             "source": info.get("source", ""),
             "which": info.get("which", "online"), "notes": notes}
 

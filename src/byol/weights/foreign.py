@@ -203,7 +203,8 @@ def fill_bn_counters(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def infer_resnet(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
     """arch / in_chans / small_stem / width / last_stage_width / feature_bn of a
     torchvision-layout ResNet state dict (last_stage_width 0: the last stage has the standard
-    8 x width; feature_bn: byol's BatchNorm on the pooled features, ``feat_norm.*``)."""
+    8 x width; feature_bn / feature_whiten: byol's BatchNorm / whitening of the pooled
+    features, ``feat_norm.*`` / ``feat_whiten.*``)."""
     if "conv1.weight" not in sd:
         raise CheckpointError(f"not a ResNet state dict (no conv1.weight; keys {list(sd)[:5]})")
     w = sd["conv1.weight"]
@@ -223,7 +224,9 @@ def infer_resnet(sd: dict[str, torch.Tensor]) -> dict[str, Any]:
                 in sd else 8 * width
             return {"arch": name, "in_chans": in_chans, "small_stem": ksize == 3, "width": width,
                     "last_stage_width": 0 if last == 8 * width else last,
-                    "feature_bn": "feat_norm.running_mean" in sd}
+                    "feature_bn": "feat_norm.running_mean" in sd,
+                    "feature_whiten": float(sd["feat_whiten.shrink"])
+                    if "feat_whiten.shrink" in sd else 0.0}
     raise CheckpointError(f"no known ResNet has {'Bottleneck' if bottleneck else 'BasicBlock'} "
                           f"stages {layers} (width multiplier {wide})")
 
@@ -235,7 +238,8 @@ def model_info(obj: dict[str, Any], layout: str, backbone: dict[str, torch.Tenso
                 "small_stem": bool(m.get("small_stem", False)), "width": int(m.get("width", 64)),
                 "stem_stride": int(m.get("stem_stride", 1)) if m.get("small_stem") else 1,
                 "last_stage_width": int(m.get("last_stage_width", 0)),
-                "feature_bn": bool(m.get("feature_bn", False))}
+                "feature_bn": bool(m.get("feature_bn", False)),
+                "feature_whiten": float(m.get("feature_whiten", 0.0))}
     return infer_resnet(backbone)
 
 
@@ -272,7 +276,8 @@ def backbone_from_any(path: str | os.PathLike, which: str = "online", trust: boo
     cfg = config_for(info)
     bb = build_backbone(info["arch"], info["in_chans"], info["small_stem"], info["width"],
                         info.get("stem_stride", 1), info.get("last_stage_width", 0),
-                        bool(info.get("feature_bn", False)))
+                        bool(info.get("feature_bn", False)),
+                        float(info.get("feature_whiten", 0.0)))
     missing, unexpected = load_state_reporting(bb, sd, str(path), strict=False)
     report_keys(str(path), missing, unexpected + info["unexpected"])
     if missing:
@@ -302,6 +307,7 @@ def config_for(info: dict[str, Any], **aug: Any):
     cfg.model.width = info["width"]
     cfg.model.last_stage_width = int(info.get("last_stage_width", 0))
     cfg.model.feature_bn = bool(info.get("feature_bn", False))
+    cfg.model.feature_whiten = float(info.get("feature_whiten", 0.0))
     for k in ("proj_hidden_dim", "proj_dim", "pred_hidden_dim"):
         if info.get(k):
             setattr(cfg.model, k, int(info[k]))
