@@ -33,9 +33,12 @@ class FeatureWhitening(nn.Module):
         self.register_buffer("matrix", torch.eye(dim))
         # how many images it was fitted on (0: not fitted, the identity)
         self.register_buffer("fitted", torch.zeros((), dtype=torch.long))
+        # the same on the host, so that a forward never waits for the device to read it
+        self.is_fitted = False
+        self.register_load_state_dict_post_hook(_refresh_fitted)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not int(self.fitted):
+        if not self.is_fitted:
             return x
         with torch.autocast(x.device.type, enabled=False):  # bf16 would undo the small directions
             return (x.float() - self.mean) @ self.matrix
@@ -59,6 +62,11 @@ class FeatureWhitening(nn.Module):
         self.mean.copy_(mu.to(self.mean))
         self.matrix.copy_(w.to(self.matrix))
         self.fitted.fill_(len(f))
+        self.is_fitted = True
+
+
+def _refresh_fitted(module: FeatureWhitening, _incompatible) -> None:
+    module.is_fitted = bool(int(module.fitted))
 
 
 @torch.no_grad()
@@ -74,14 +82,13 @@ def fit_feature_whitening(backbone: nn.Module, source, *, images: int, seed: int
     n = min(images, len(source))
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(source), generator=g)[:n].sort().values
-    fitted = layer.fitted.clone()
-    layer.fitted.zero_()  # the features before the whitening
+    was_fitted = layer.is_fitted
+    layer.is_fitted = False  # the features before the whitening
     try:
         feats = extract_features(backbone, subset(source, idx, "whitening"), image_size=image_size,
                                  mean=mean, std=std, device=device, progress=False,
                                  batch_size=512)["pooled"]
-    except BaseException:
-        layer.fitted.copy_(fitted)
-        raise
+    finally:
+        layer.is_fitted = was_fitted
     layer.fit(feats.float().cpu())
     return n
