@@ -92,7 +92,9 @@ def test_pretraining_fits_the_whitening_at_the_end_and_evaluation_reads_it(tmp_p
     from byol.weights.export import export_checkpoint
 
     cfg = tiny_config(tmp_path, **{"model.feature_whiten": 0.05, "train.epochs": 1})
-    res = Trainer(cfg).train()
+    trainer = Trainer(cfg)
+    res = trainer.train()
+    assert trainer.model.online.backbone.training  # the fit keeps the network's mode
     ck = load_checkpoint(tmp_path / "last.pt")
     n = cfg.data.synthetic_size  # fewer images than WHITEN_IMAGES: all of them
     for net in ("online", "target"):

@@ -82,7 +82,7 @@ def fit_feature_whitening(backbone: nn.Module, source, *, images: int, seed: int
     n = min(images, len(source))
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(source), generator=g)[:n].sort().values
-    was_fitted = layer.is_fitted
+    was_fitted, was_training = layer.is_fitted, backbone.training
     layer.is_fitted = False  # the features before the whitening
     try:
         feats = extract_features(backbone, subset(source, idx, "whitening"), image_size=image_size,
@@ -90,5 +90,6 @@ def fit_feature_whitening(backbone: nn.Module, source, *, images: int, seed: int
                                  batch_size=512)["pooled"]
     finally:
         layer.is_fitted = was_fitted
+        backbone.train(was_training)
     layer.fit(feats.float().cpu())
     return n
