@@ -106,9 +106,9 @@ def load_backbone(checkpoint: str, format: str = "torchvision", *,  # noqa: A002
         net, _ = load_own(checkpoint, which)
         return net.eval()
     from .weights.export import (
-        FEATURE_BN_NOTE,
+        FEATURE_LAYERS_NOTE,
         TORCHVISION_ARCHS,
-        drop_feature_bn,
+        drop_feature_layers,
         expand_gray_conv1,
     )
     from .weights.foreign import backbone_state_from_any, fill_bn_counters
@@ -121,9 +121,9 @@ def load_backbone(checkpoint: str, format: str = "torchvision", *,  # noqa: A002
             f"{info.get('last_stage_width', 0) or 8 * info['width']}) has no {format} counterpart "
             "(stock ResNets have width 64, last stage 512); use format='byol' for byol's own "
             "ResNet (same key names), or pretrain with --set model.width=64")
-    sd, dropped = drop_feature_bn(sd)
+    sd, dropped = drop_feature_layers(sd)
     if dropped:
-        log.warning("%s: %s", checkpoint, FEATURE_BN_NOTE)
+        log.warning("%s: %s", checkpoint, FEATURE_LAYERS_NOTE)
     sd = expand_gray_conv1(fill_bn_counters(sd))
     if format == "timm":
         try:

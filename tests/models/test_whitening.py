@@ -143,3 +143,14 @@ def test_a_budget_keeps_time_for_the_fit(tmp_path, monkeypatch):
     cfg.model.feature_whiten = 0.0
     assert Trainer(tiny_config(tmp_path / "b", **{"train.time_budget": "100s"}))\
         ._whiten_reserve(1.0) == 0.0
+
+
+def test_stock_resnet_exports_leave_out_both_pooled_feature_layers():
+    from byol.weights.export import drop_feature_layers
+
+    t = torch.zeros(2)
+    kept, dropped = drop_feature_layers({"conv1.weight": t, "feat_norm.running_mean": t,
+                                         "feat_whiten.matrix": t, "feat_whiten.fitted": t})
+    assert dropped and set(kept) == {"conv1.weight"}
+    kept, dropped = drop_feature_layers({"conv1.weight": t})
+    assert not dropped and set(kept) == {"conv1.weight"}

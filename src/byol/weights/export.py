@@ -97,14 +97,14 @@ def check_torchvision_compatible(info: dict[str, Any], fmt: str, force: bool) ->
     return why
 
 
-FEATURE_BN_NOTE = (
+FEATURE_LAYERS_NOTE = (
     "the BatchNorm / whitening of the pooled features (model.feature_bn / model.feature_whiten) "
     "is left out: a stock ResNet has no place for it, so its pooled features are those before "
     "it (an affine map that a linear layer on top absorbs; stage features are unchanged); "
     "export as safetensors to keep it")
 
 
-def drop_feature_bn(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+def drop_feature_layers(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
     """The state dict without byol's layers on the pooled features (``feat_norm.*``,
     ``feat_whiten.*``), and whether it had any."""
     kept = {k: v for k, v in sd.items() if not k.startswith(("feat_norm.", "feat_whiten."))}
@@ -186,9 +186,9 @@ def export_checkpoint(
     notes: list[str] = []
     if fmt != "safetensors":
         notes += check_torchvision_compatible(info, fmt, force)
-        sd, dropped = drop_feature_bn(sd)
+        sd, dropped = drop_feature_layers(sd)
         if dropped:
-            notes.append(FEATURE_BN_NOTE)
+            notes.append(FEATURE_LAYERS_NOTE)
         if info["in_chans"] == 1:
             notes.append("1-channel conv1 repeated over RGB and divided by 3: feed gray images "
                          "replicated to 3 channels, each normalised with the model's mean/std")
