@@ -108,7 +108,6 @@ class ResNet(nn.Module):
         )
         planes = (width, width * 2, width * 4, last)
         self.num_features = last * block.expansion
-        self.feature_bn = feature_bn
         self.feat_norm = nn.BatchNorm1d(self.num_features, affine=False) if feature_bn else None
         self.feat_whiten = (FeatureWhitening(self.num_features, feature_whiten)
                             if feature_whiten else None)
