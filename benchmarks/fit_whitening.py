@@ -21,9 +21,8 @@ def main() -> None:
     from byol.checkpoint import atomic_save, load_checkpoint
     from byol.config import config_from_dict
     from byol.data.feeders import build_feeder
-    from byol.engine import WHITEN_IMAGES
     from byol.models.byol import build_byol
-    from byol.models.whitening import fit_feature_whitening
+    from byol.models.whitening import WHITEN_IMAGES, fit_feature_whitening
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")

@@ -115,7 +115,7 @@ def _tiny_checkpoint(path: Path) -> Path:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from byol.data import open_source
-    from byol.eval.features import EvalModel
+    from byol.eval.features import EvalModel, resolve_device
     from byol.eval.finetune import finetune
     from byol.eval.loading import load_eval_model
     from byol.eval.report import render_markdown, summary_line, write_json
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         SvmSettings,
         parse_data,
     )
-    from byol.eval.suite import Evaluator
+    from byol.eval.suite import Evaluator, fit_random_whitening
 
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for b in args.baselines:
         models.append(load_eval_model(ckpt, b, image_size=size, mean=byol_model.mean,
                                       std=byol_model.std, seed=args.seed))
+        fit_random_whitening(models[-1], train, resolve_device(args.device))
     common = dict(device=args.device, precision=args.precision, batch_size=args.batch_size,
                   num_workers=0, progress=not args.quiet, n_jobs=args.n_jobs,
                   data_info=data_info, seed=args.seed)

@@ -36,10 +36,9 @@ def features(backbone, images: torch.Tensor, mean, std, batch: int = 1000) -> to
 def main() -> None:
     from byol.api import load_backbone
     from byol.data.formats import read_mnist_like
-    from byol.engine import WHITEN_IMAGES
     from byol.eval.knn import knn_classify
     from byol.models import build_backbone
-    from byol.models.whitening import FeatureWhitening
+    from byol.models.whitening import WHITEN_IMAGES, FeatureWhitening
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoints", nargs="+")

@@ -41,7 +41,7 @@ from .config import Config, dump_yaml, parse_duration
 from .data.feeders import build_feeder, epoch_permutation, slot_indices
 from .errors import TrainingError
 from .models.byol import build_byol, tau_schedule
-from .models.whitening import fit_feature_whitening
+from .models.whitening import WHITEN_IMAGES, fit_feature_whitening
 from .monitor import KnnMonitor, monitor_verdict
 from .optim import build_optimizer, scaled_lr, set_lr, warmup_cosine
 from .precision import autocast, autocast_dtype
@@ -54,10 +54,6 @@ log = logging.getLogger("byol")
 
 #: train.nonfinite=skip gives up (TrainingError) after this many non-finite steps in a row.
 MAX_CONSECUTIVE_SKIPS = 25
-# model.feature_whiten fits on this many clean training images (a 512-feature covariance
-# needs a few thousand; more costs forward passes at the end of the run)
-WHITEN_IMAGES = 10_000
-
 #: Test hook (fault injection): with BYOL_FAULT_KILL_AT_STEP=N, the process of rank
 #: BYOL_FAULT_KILL_RANK (default 1) dies with os._exit(1) right after optimiser step N, on the
 #: first torchrun attempt only (TORCHELASTIC_RESTART_COUNT unset or "0"). Used by

@@ -145,6 +145,59 @@ def test_a_budget_keeps_time_for_the_fit(tmp_path, monkeypatch):
         ._whiten_reserve(1.0) == 0.0
 
 
+def test_the_random_baseline_of_a_whitened_checkpoint_gets_the_same_fit(tmp_path):
+    """--baseline random next to a checkpoint with feature_whiten: the same network before
+    training, read through a whitening fitted the way pretraining fits the checkpoint's (train
+    split, train.seed, no labels); a checkpoint without it gets no whitening."""
+    from byol.checkpoint import FORMAT, atomic_save
+    from byol.config import Config
+    from byol.eval.features import extract_features
+    from byol.eval.loading import load_eval_model
+    from byol.eval.settings import DataChoice, KnnSettings, ModelChoice, RunSettings
+    from byol.eval.suite import build_evaluators
+    from byol.models import build_byol
+
+    def checkpoint(path, shrink):
+        cfg = Config()
+        cfg.model.arch, cfg.model.in_chans, cfg.model.small_stem, cfg.model.width = (
+            "resnet18", 3, True, 8)
+        cfg.model.proj_hidden_dim = cfg.model.pred_hidden_dim = 32
+        cfg.model.proj_dim, cfg.model.feature_whiten = 16, shrink
+        cfg.data.source, cfg.augment.image_size, cfg.train.seed = "synthetic", 16, 5
+        torch.manual_seed(5)
+        atomic_save({"format": FORMAT, "config": cfg.to_dict(),
+                     "model": build_byol(cfg.model).state_dict()}, path)
+        return str(path)
+
+    data = DataChoice(synthetic_size=96)
+    run = RunSettings(device="cpu", precision="fp32", quiet=True, workers=0)
+    ckpt = checkpoint(tmp_path / "w.pt", 0.05)
+    byol_ev, rand_ev = build_evaluators(ModelChoice(checkpoint=ckpt), data, run,
+                                        baselines=["random"])
+    layer = rand_ev.model.backbone.feat_whiten
+    assert layer.is_fitted and int(layer.fitted) == len(rand_ev.train)  # fewer than 10,000: all
+    assert ":white0.05:" in rand_ev.model.key  # the fit is part of the cache's identity
+    # the same map as fitting the run's initial network by hand on the training split
+    own = load_eval_model(ckpt, "random")
+    assert not own.backbone.feat_whiten.is_fitted
+    feats = extract_features(own.backbone, rand_ev.train, image_size=16, mean=own.mean,
+                             std=own.std, progress=False, batch_size=512)["pooled"]
+    want = FeatureWhitening(feats.shape[1], shrink=0.05)
+    want.fit(feats.float())
+    torch.testing.assert_close(layer.matrix, want.matrix)
+    torch.testing.assert_close(layer.mean, want.mean)
+    rec = rand_ev.knn(KnnSettings(ks=(5,)))
+    n = len(rand_ev.train)
+    assert rec["settings"]["whitening"] == {"shrink": 0.05, "images": n, "seed": 5}
+    assert "whitening" not in byol_ev.knn(KnnSettings(ks=(5,)))["settings"]
+    # without feature_whiten the baseline reads its features as they are
+    plain = checkpoint(tmp_path / "p.pt", 0.0)
+    _, rand_plain = build_evaluators(ModelChoice(checkpoint=plain), data, run,
+                                     baselines=["random"])
+    assert getattr(rand_plain.model.backbone, "feat_whiten", None) is None
+    assert ":white" not in rand_plain.model.key
+
+
 def test_stock_resnet_exports_leave_out_both_pooled_feature_layers():
     from byol.weights.export import drop_feature_layers
 

@@ -9,6 +9,7 @@ evaluation record (:func:`byol.eval.report.make_record`). :func:`build_evaluator
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -115,7 +116,9 @@ class Evaluator:
     def _record(self, protocol: str, results: dict, settings: dict, t0: float) -> dict:
         return make_record(protocol, self.label, results, checkpoint=self.model.checkpoint,
                            arch=self.model.arch, data=self.data_info,
-                           settings={"image_size": self.model.image_size, **settings},
+                           settings={"image_size": self.model.image_size, **settings,
+                                     **({"whitening": self.model.info["whitening"]}
+                                        if "whitening" in self.model.info else {})},
                            wall_s=time.perf_counter() - t0)
 
     def _need_labels(self, what: str) -> None:
@@ -393,6 +396,30 @@ def _voc07_data(root: str, size: int):
     return train, test, (trs.targets, tes.targets), info
 
 
+def fit_random_whitening(m: Any, train: Any, device: torch.device) -> None:
+    """The random-init baseline of a checkpoint with ``model.feature_whiten``: fit its whitening
+    the way pretraining fitted the checkpoint's (the pooled features of up to WHITEN_IMAGES
+    training images drawn with train.seed, no labels), here on the evaluation's training
+    split, so that both rows read their features through the same kind of embedding. Unfitted,
+    the layer is the identity and the baseline would be read without it."""
+    layer = getattr(m.backbone, "feat_whiten", None)
+    if m.label != "random-init" or layer is None or layer.is_fitted:
+        return
+    from ..models.whitening import WHITEN_IMAGES, fit_feature_whitening
+
+    seed = m.config.train.seed if m.config is not None else 0
+    t0 = time.perf_counter()
+    n = fit_feature_whitening(m.backbone, train, images=WHITEN_IMAGES, seed=seed,
+                              image_size=m.image_size, mean=m.mean, std=m.std, device=device)
+    # the fitted map is part of the weights: the feature cache must tell fits apart
+    digest = hashlib.sha256(layer.matrix.cpu().numpy().tobytes()).hexdigest()[:12]
+    m.key += f":white{float(layer.shrink):g}:{digest}"
+    m.info["whitening"] = {"shrink": float(layer.shrink), "images": n, "seed": seed}
+    log.info("random-init baseline: its feature whitening (shrink %g) fitted like the "
+             "checkpoint's, on %d training images (no labels) in %.1f s", float(layer.shrink), n,
+             time.perf_counter() - t0)
+
+
 def _protocol_seed(model: ModelChoice) -> int:
     """The seed of the protocols' draws (splits, subsets, initial heads): ``--seed``, or 0."""
     return 0 if model.seed is None else model.seed
@@ -450,6 +477,8 @@ def build_evaluators(model: ModelChoice, data: DataChoice, run: RunSettings | No
     if data.voc07:  # the VOC07 protocol scores the whole squashed image, whatever the model saw
         for m in models:
             m.image_size = image_size
+    for m in models:
+        fit_random_whitening(m, train, resolve_device(run.device))
     data_info["image_size"] = first.image_size
     return [Evaluator(
         m, train, test, device=run.device, precision=run.precision,

@@ -14,6 +14,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# model.feature_whiten fits on this many clean training images, all of them when the set is
+# smaller (a 512-feature covariance needs a few thousand; more costs forward passes)
+WHITEN_IMAGES = 10_000
+
 
 class FeatureWhitening(nn.Module):
     """``(x - mean) @ matrix`` in fp32 once fitted, the identity before.
