@@ -109,3 +109,25 @@ def test_byol_bench_names_a_wide_last_stage(tmp_path, capsys):
     assert "| resnet18 w8 last96 |" in BenchResult(**res).row()
     res["last_stage_width"] = 0
     assert "| resnet18 w8 |" in BenchResult(**res).row()
+
+
+def test_byol_bench_repeat_reports_the_median_of_its_blocks(tmp_path, capsys):
+    from byol.bench import BenchResult
+
+    out = tmp_path / "bench.json"
+    assert main([*TINY_BENCH, "--repeat", "3", "--out", str(tmp_path / "run"),
+                 "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    rates = res["repeats"]
+    assert len(rates) == 3 and all(r > 0 for r in rates)
+    assert res["steps"] == 6  # 3 blocks of --steps 2
+    assert res["images_per_s"] == sorted(rates)[1]  # the median block
+    # the total time is the blocks' sum: 6 steps of batch 8 at their own rates
+    assert res["seconds"] == pytest.approx(sum(2 * 8 / r for r in rates))
+    row = capsys.readouterr().out
+    assert f"{sorted(rates)[0]:,.0f}-{sorted(rates)[2]:,.0f}, 3x)" in row
+    # one block (the default) prints the rate alone
+    res.update(repeats=[rates[0]], images_per_s=rates[0])
+    assert f"| {rates[0]:,.0f} |" in BenchResult(**res).row()
+    with pytest.raises(SystemExit, match="--repeat"):
+        main([*TINY_BENCH, "--repeat", "0", "--out", str(tmp_path / "run2")])

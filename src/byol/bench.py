@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,15 +42,21 @@ class BenchResult:
     peak_tflops: float | None = None
     utilisation: float | None = None
     last_stage_width: int = 0  # model.last_stage_width (0: 8 x width)
+    # --repeat N: images/s of each timed block of ``steps`` steps, in order; images_per_s is
+    # their median (a machine whose speed drifts shows it in the spread, not in one number)
+    repeats: list[float] = field(default_factory=list)
 
     def row(self) -> str:
         util = f"{100 * self.utilisation:.1f}%" if self.utilisation is not None else "-"
         last = self.last_stage_width
         model = f"{self.arch} w{self.width}" + (f" last{last}" if last and last != 8 * self.width
                                                  else "")
+        rate = f"{self.images_per_s:,.0f}"
+        if len(self.repeats) > 1:
+            rate += f" ({min(self.repeats):,.0f}-{max(self.repeats):,.0f}, {len(self.repeats)}x)"
         return (
             f"| {self.mode} | {model} | {self.image_size} | {self.batch} | "
-            f"{self.device} | {self.precision} | {self.images_per_s:,.0f} | "
+            f"{self.device} | {self.precision} | {rate} | "
             f"{self.peak_mem_gib:.2f} | {util} |"
         )
 
@@ -126,8 +133,9 @@ def count_step_flops(trainer, micro) -> float:
 def run_bench(args: argparse.Namespace) -> BenchResult:
     from .engine import Trainer
 
-    if args.steps < 1 or args.warmup < 0:
-        raise SystemExit("bench: --steps must be >= 1 and --warmup >= 0")
+    repeat = getattr(args, "repeat", 1)
+    if args.steps < 1 or args.warmup < 0 or repeat < 1:
+        raise SystemExit("bench: --steps and --repeat must be >= 1 and --warmup >= 0")
     cfg = bench_config(args)
     trainer = Trainer(cfg)
     dev = trainer.device
@@ -163,30 +171,36 @@ def run_bench(args: argparse.Namespace) -> BenchResult:
     _sync(dev)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    t = time.perf_counter()
-    for i in range(args.steps):
-        lr, tau = trainer.schedules(args.warmup + i)
-        loss, _ = trainer.train_step(next_micro(), lr, tau)
-    _sync(dev)
-    seconds = time.perf_counter() - t
-    if not torch.isfinite(loss):
-        raise SystemExit(f"bench: loss became {loss.item()}")
+    blocks: list[float] = []  # seconds of each timed block
+    step = args.warmup
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            lr, tau = trainer.schedules(step)
+            loss, _ = trainer.train_step(next_micro(), lr, tau)
+            step += 1
+        _sync(dev)
+        blocks.append(time.perf_counter() - t)
+        if not torch.isfinite(loss):
+            raise SystemExit(f"bench: loss became {loss.item()}")
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated(dev) / 2**30
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    ips = args.steps * trainer.global_batch / seconds
+    rates = [args.steps * trainer.global_batch / b for b in blocks]
+    seconds = sum(blocks)
     res = BenchResult(
         args.mode, cfg.model.arch, cfg.model.width, cfg.augment.image_size, trainer.global_batch,
         torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32",
-        trainer.channels_last, trainer.model.fuse_views, cfg.train.compile, args.steps, seconds,
-        ips, peak, last_stage_width=cfg.model.last_stage_width,
+        trainer.channels_last, trainer.model.fuse_views, cfg.train.compile,
+        args.steps * repeat, seconds, statistics.median(rates), peak,
+        last_stage_width=cfg.model.last_stage_width, repeats=rates,
     )
     if args.flops:
         flops = count_step_flops(trainer, next_micro())
         res.gflop_per_image = flops / trainer.global_batch / 1e9
-        res.achieved_tflops = flops * args.steps / seconds / 1e12
+        res.achieved_tflops = flops * args.steps * repeat / seconds / 1e12
         if dev.type == "cuda":
             res.peak_tflops = measure_peak_tflops(dev)
             res.utilisation = res.achieved_tflops / res.peak_tflops

@@ -21,7 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", dest="image_size", type=int, default=32)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--proj-hidden-dim", dest="proj_hidden_dim", type=int, default=0)
-    p.add_argument("--steps", type=int, default=20, help="timed optimiser steps")
+    p.add_argument("--steps", type=int, default=20, help="timed optimiser steps (per repeat)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="time N blocks of --steps and report their median images/s with the "
+                   "range (a machine's speed can drift by tens of percent within minutes)")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"))
