@@ -10,8 +10,9 @@ and standard deviation. The statistics come from the training images only; the t
 scored once. Not a protocol: a measure of how much the cosine geometry hides
 (docs/RESULTS.md, tenth pass). With ``--whiten S ...`` it adds the features ZCA-whitened with
 shrinkage S (model.feature_whiten's layer, fitted as the engine fits it: on 10,000 training
-images drawn from the run's seed); ``--random`` and ``--pixels`` add the same readings for each
-checkpoint's network at random init and for raw pixels (eleventh pass).
+images drawn from the run's seed; a checkpoint that has its own fitted whitening is read before
+it); ``--random`` and ``--pixels`` add the same readings for each checkpoint's network at random
+init and for raw pixels (eleventh pass).
 
     python benchmarks/knn_geometry.py runs/fmnist_cpu1h/last.pt [more checkpoints]
     python benchmarks/knn_geometry.py CKPT --whiten 0.1 0.01 0.001 --random --pixels
@@ -80,6 +81,10 @@ def main() -> None:
         cfg = torch.load(ck, map_location="cpu", weights_only=True)["config"]
         aug, m, seed = cfg["augment"], cfg["model"], cfg["train"]["seed"]
         bb = load_backbone(ck, format="byol").eval()
+        if getattr(bb, "feat_whiten", None) is not None and bb.feat_whiten.is_fitted:
+            # a checkpoint of model.feature_whiten: read the features before its fitted map
+            # (the --whiten columns refit it; "whitened S" with the run's S is its own reading)
+            bb.feat_whiten.is_fitted = False
         row(ck, bb, aug["mean"], aug["std"], seed)
         if args.random:
             with torch.random.fork_rng(devices=[]):
