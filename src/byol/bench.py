@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import resource
-import time
 import statistics
+import time
 from dataclasses import dataclass, field
 
 import torch
