@@ -54,6 +54,7 @@ log = logging.getLogger("byol")
 
 #: train.nonfinite=skip gives up (TrainingError) after this many non-finite steps in a row.
 MAX_CONSECUTIVE_SKIPS = 25
+
 #: Test hook (fault injection): with BYOL_FAULT_KILL_AT_STEP=N, the process of rank
 #: BYOL_FAULT_KILL_RANK (default 1) dies with os._exit(1) right after optimiser step N, on the
 #: first torchrun attempt only (TORCHELASTIC_RESTART_COUNT unset or "0"). Used by
