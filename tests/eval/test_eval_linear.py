@@ -178,3 +178,78 @@ def test_multihead_is_reproducible_from_seed():
     a = multihead_probe({"feature5": x}, y, {"feature5": x}, y, seed=3, **kw)
     b = multihead_probe({"feature5": x}, y, {"feature5": x}, y, seed=3, **kw)
     assert a == b
+
+
+def test_train_views_are_trained_on_and_never_held_out(monkeypatch):
+    """Each view of a held-out image stays out of the sweep's training rows; the final fit
+    trains on every view of every image; the held-out and test rows are one view each."""
+    from byol.eval import linear
+
+    n = 60
+    xtr, ytr = _separable(n, d=4)
+    xtr[:, 0] = torch.arange(n, dtype=torch.float32)  # column 0 names the image
+    mirror = xtr.clone()
+    mirror[:, 0] += 0.5  # ... and the view
+    calls = []
+    real = linear.standardize
+
+    def recording(train, *others):
+        calls.append((train[:, 0].clone(), [o[:, 0].clone() for o in others]))
+        return real(train, *others)
+
+    monkeypatch.setattr(linear, "standardize", recording)
+    res = linear.linear_probe_features(xtr, ytr, xtr[:10], ytr[:10], lrs=(0.1, 1.0), epochs=1,
+                                       train_views=[mirror])
+    (sweep_rows, (held,)), (final_rows, (test,)) = calls
+    held_ids = set(held.tolist())
+    assert held_ids and all(v == int(v) for v in held_ids)  # held-out images: as they are
+    trained = sweep_rows.tolist()
+    assert len(trained) == 2 * (n - len(held_ids))
+    assert not {int(v) for v in trained} & held_ids  # no view of a held-out image
+    assert sorted(trained) == sorted([i for i in range(n) if i not in held_ids]
+                                     + [i + 0.5 for i in range(n) if i not in held_ids])
+    assert sorted(final_rows.tolist()) == sorted([*range(n)] + [i + 0.5 for i in range(n)])
+    assert len(test) == 10 and res["train_views"] == 2 and res["num_train"] == n
+
+
+def test_train_views_must_match_the_training_rows():
+    from byol.errors import EvalError
+
+    xtr, ytr = _separable(40)
+    with pytest.raises(EvalError, match=r"train_views\[0\].*one row per training image"):
+        linear_probe_features(xtr, ytr, xtr, ytr, lrs=(0.1,), epochs=1,
+                              train_views=[xtr[:20]])
+
+
+def test_flipped_features_read_the_mirrored_crops():
+    from byol.eval.features import extract_features, feature_cache_key
+
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(6, 1, 12, 12, generator=g)
+    bb = build_backbone("resnet18", small_stem=True, width=8, in_chans=1).eval()
+    kw = dict(image_size=12, mean=(0.5,), std=(0.25,), resize_ratio=1.0, precision="fp32",
+              progress=False)
+    flipped = extract_features(bb, imgs, flip=True, **kw)["pooled"]
+    mirrored = extract_features(bb, imgs.flip(-1), **kw)["pooled"]
+    plain = extract_features(bb, imgs, **kw)["pooled"]
+    assert torch.allclose(flipped, mirrored, atol=1e-5)
+    assert not torch.allclose(flipped, plain, atol=1e-3)
+    key = dict(image_size=12, names=("pooled",), mean=(0.5,), std=(0.25,))
+    assert feature_cache_key("m", imgs, flip=True, **key) != feature_cache_key("m", imgs, **key)
+
+
+def test_evaluator_linear_flip_trains_on_both_views():
+    from byol.eval.loading import load_eval_model
+    from byol.eval.settings import LinearSettings
+    from byol.eval.suite import Evaluator
+
+    tr, te = _tiny_sources()
+    m = load_eval_model(baseline="random", arch="resnet18", in_chans=3, small_stem=True, width=8,
+                        image_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    ev = Evaluator(m, tr, te, precision="fp32", progress=False)
+    rec = ev.linear(LinearSettings(lrs=(0.1,), epochs=1, flip=True))
+    assert rec["settings"]["flip"] is True
+    assert rec["results"]["train_views"] == 2
+    assert ("train:flip", "pooled") in ev._feats and ("test:flip", "pooled") not in ev._feats
+    rec = ev.linear(LinearSettings(lrs=(0.1,), epochs=1))
+    assert "flip" not in rec["settings"] and rec["results"]["train_views"] == 1

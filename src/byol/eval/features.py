@@ -272,8 +272,12 @@ def extract_features(
     resize_ratio: float = 256 / 224,
     pool: str = "auto",
     num_workers: int | None = None,
+    flip: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Frozen features of every sample of ``source``: {name: float32 [N, D]} on the CPU.
+
+    ``flip``: read each evaluation crop mirrored left-right (the flip of the linear probe's
+    training augmentation, :class:`~byol.eval.settings.LinearSettings` ``flip``).
 
     ``names``: "pooled" (global average pool) and/or "feature1".."feature5" (multi-head
     pooling). The backbone runs in eval mode without gradients; its mode, device and memory
@@ -307,6 +311,8 @@ def extract_features(
             xb = xb.to(dev, non_blocking=True)
             ratio = 1.0 if file_source else resize_ratio  # files arrive cropped already
             x = eval_transform(xb, image_size, mean, std, ratio, in_chans)
+            if flip:
+                x = x.flip(-1)
             if channels_last and dev.type in ("cpu", "cuda"):
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_context(dev, precision):
@@ -377,9 +383,10 @@ def feature_cache_key(
     std: Sequence[float],
     resize_ratio: float = 256 / 224,
     pool: str = "auto",
+    flip: bool = False,
 ) -> str:
     """Hash of everything that determines the features: weights identity, data identity and
-    size, preprocessing and the feature names."""
+    size, preprocessing (``flip``: the mirrored crops) and the feature names."""
     ident = {
         "model": model_key,
         "data": source_name(source),
@@ -392,6 +399,8 @@ def feature_cache_key(
         "pool": pool,
         "v": 1,
     }
+    if flip:  # only then, so the keys of unflipped features stay as they were
+        ident["flip"] = True
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -438,7 +447,8 @@ def cached_features(
     # them, so `eval knn` after `eval all` (or the reverse) reuses what is there.
     h = feature_cache_key(key, source, image_size=image_size, names=(), mean=mean, std=std,
                           resize_ratio=extract_kwargs.get("resize_ratio", 256 / 224),
-                          pool=extract_kwargs.get("pool", "auto"))
+                          pool=extract_kwargs.get("pool", "auto"),
+                          flip=bool(extract_kwargs.get("flip", False)))
     path = Path(cache_dir) / f"feats_{h}.pt"
     have: dict[str, torch.Tensor] = {}
     if path.is_file():

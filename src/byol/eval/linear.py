@@ -161,8 +161,14 @@ def linear_probe_features(
     num_classes: int | None = None,
     device: str | torch.device = "cpu",
     extend: int = 2,
+    train_views: Sequence[torch.Tensor] = (),
 ) -> dict[str, Any]:
     """Linear probe on frozen features with an lr sweep on a held-out split of train.
+
+    ``train_views``: features of the same training images under a training augmentation (row
+    i of each is image i, e.g. its mirror image: the paper's flip), added as more training rows.
+    The held-out split is drawn by image, so no view of a held-out image is trained on, and the
+    held-out and test images are read as they are (one view each).
 
     When the best held-out lr of a sweep of three or more is at an end of the grid and strictly
     better than its neighbour, the grid goes on past that end in its own pattern (after 0.3, 1:
@@ -184,6 +190,17 @@ def linear_probe_features(
     c = num_classes or _num_classes(train_labels, test_labels)
     xtr, ytr = train_feats.to(dev, torch.float32), train_labels.to(dev)
     xte, yte = test_feats.to(dev, torch.float32), test_labels.to(dev)
+    views = [v.to(dev, torch.float32) for v in train_views]
+    for i, v in enumerate(views):
+        if v.shape != xtr.shape:
+            raise EvalError(f"train_views[{i}] has shape {tuple(v.shape)}; the training "
+                            f"features have {tuple(xtr.shape)}: one row per training image")
+
+    def with_views(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training rows ``rows`` in every view, and their labels."""
+        x = torch.cat([xtr[rows]] + [v[rows] for v in views])
+        return x, ytr[rows].repeat(1 + len(views))
+
     val_top1: dict[str, float] = {}
     if len(lrs) > 1:
         perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(seed)).to(dev)
@@ -191,10 +208,11 @@ def linear_probe_features(
         vi, ti = perm[:n_val], perm[n_val:]
         if len(ti) == 0:
             raise EvalError("the training set is too small to hold out a validation split")
-        a, v = standardize(xtr[ti], xtr[vi])
+        xa, ya = with_views(ti)
+        a, v = standardize(xa, xtr[vi])
 
         def held_out(lr: float) -> None:
-            head = _fit_linear(a, ytr[ti], c, lr, epochs, batch_size, weight_decay, seed)
+            head = _fit_linear(a, ya, c, lr, epochs, batch_size, weight_decay, seed)
             with torch.no_grad():
                 logits = head(v)
             acc = topk_accuracy(logits, ytr[vi])["top1"] if torch.isfinite(logits).all() else 0.0
@@ -217,12 +235,13 @@ def linear_probe_features(
         best = max(grid, key=lambda lr: (val_top1[f"{lr:g}"], -lr))
     else:
         best = lrs[0]
-    a, t = standardize(xtr, xte)
-    head = _fit_linear(a, ytr, c, best, epochs, batch_size, weight_decay, seed)
+    xa, ya = with_views(torch.arange(len(xtr), device=dev))
+    a, t = standardize(xa, xte)
+    head = _fit_linear(a, ya, c, best, epochs, batch_size, weight_decay, seed)
     with torch.no_grad():
         res = topk_accuracy(head(t), yte)
     return {**res, "lr": best, "val_top1": val_top1, "epochs": epochs,
-            "num_train": len(xtr), "num_test": len(xte)}
+            "num_train": len(xtr), "num_test": len(xte), "train_views": 1 + len(views)}
 
 
 # ---------------------------------------------------------------------------------------------

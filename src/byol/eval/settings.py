@@ -86,6 +86,9 @@ class LinearSettings:
                            "images)")
     batch_size: int | None = opt("train-batch-size", None, type=int,
                                  help="default 1024 (features) / 256 (augmented)")
+    flip: bool = opt("flip", False, action="store_true",
+                     help="features: also train on the mirrored training images (the paper's "
+                     "flip augmentation; held-out and test images are read as they are)")
 
 
 @dataclass

@@ -100,18 +100,22 @@ class Evaluator:
     def labels(self, split: str) -> torch.Tensor:
         return source_labels(self.train if split == "train" else self.test)
 
-    def features(self, split: str, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    def features(self, split: str, names: Sequence[str], flip: bool = False
+                 ) -> dict[str, torch.Tensor]:
+        """{name: [N, D]} of ``split`` ("train"/"test"), each evaluation crop read as it is or
+        mirrored left-right (``flip``)."""
         src = self.train if split == "train" else self.test
-        todo = [n for n in names if (split, n) not in self._feats]
+        key = f"{split}:flip" if flip else split
+        todo = [n for n in names if (key, n) not in self._feats]
         if todo:
             feats = cached_features(
                 self.model, src, names=todo, cache_dir=self.cache_dir,
                 batch_size=self.batch_size, device=self.device, precision=self.precision,
                 progress=self.progress, resize_ratio=self.resize_ratio,
-                num_workers=self.num_workers)
+                num_workers=self.num_workers, flip=flip)
             for n, v in feats.items():
-                self._feats[(split, n)] = v
-        return {n: self._feats[(split, n)] for n in names}
+                self._feats[(key, n)] = v
+        return {n: self._feats[(key, n)] for n in names}
 
     def _record(self, protocol: str, results: dict, settings: dict, t0: float) -> dict:
         return make_record(protocol, self.label, results, checkpoint=self.model.checkpoint,
@@ -210,13 +214,15 @@ class Evaluator:
         self._need_labels("the linear probe")
         t0 = time.perf_counter()
         epochs, batch_size = s.epochs or 50, s.batch_size or 1024
+        views = [self.features("train", ["pooled"], flip=True)["pooled"]] if s.flip else []
         res = linear_probe_features(
             self.features("train", ["pooled"])["pooled"], self.labels("train"),
             self.features("test", ["pooled"])["pooled"], self.labels("test"),
             lrs=tuple(s.lrs or DEFAULT_LRS), epochs=epochs, batch_size=batch_size,
-            seed=self.seed, weight_decay=0.0, device=self.device)
+            seed=self.seed, weight_decay=0.0, device=self.device, train_views=views)
         return self._record("linear", res, {"mode": "features", "epochs": epochs,
-                                            "batch_size": batch_size}, t0)
+                                            "batch_size": batch_size,
+                                            **({"flip": True} if s.flip else {})}, t0)
 
     def _linear_augmented(self, s: LinearSettings) -> dict:
         from .linear import linear_probe_augmented
