@@ -238,6 +238,23 @@ def test_flipped_features_read_the_mirrored_crops():
     assert feature_cache_key("m", imgs, flip=True, **key) != feature_cache_key("m", imgs, **key)
 
 
+def test_flipped_features_are_cached_apart(tmp_path):
+    from byol.eval.features import cached_features
+
+    imgs = torch.rand(4, 1, 12, 12, generator=torch.Generator().manual_seed(1))
+    bb = build_backbone("resnet18", small_stem=True, width=8, in_chans=1).eval()
+    kw = dict(backbone=bb, image_size=12, mean=(0.5,), std=(0.25,), cache_dir=tmp_path,
+              resize_ratio=1.0, precision="fp32", progress=False)
+    plain = cached_features("random-init:test", imgs, **kw)["pooled"]
+    flipped = cached_features("random-init:test", imgs, flip=True, **kw)["pooled"]
+    files = sorted(tmp_path.glob("feats_*.pt"))
+    assert len(files) == 2 and not torch.allclose(plain, flipped, atol=1e-3)
+    metas = [torch.load(f, weights_only=True)["meta"] for f in files]
+    assert sorted(m.get("flip", False) for m in metas) == [False, True]
+    again = cached_features("random-init:test", imgs, flip=True, **kw)["pooled"]
+    assert torch.equal(again, flipped)
+
+
 def test_evaluator_linear_flip_trains_on_both_views():
     from byol.eval.loading import load_eval_model
     from byol.eval.settings import LinearSettings

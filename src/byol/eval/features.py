@@ -463,8 +463,10 @@ def cached_features(
         return {n: have[n] for n in names}
     have.update(extract_features(backbone, source, image_size=image_size, mean=mean, std=std,
                                  names=missing, **extract_kwargs))
-    atomic_save({"features": have, "meta": {"key": key, "data": source_name(source),
-                                             "n": source_len(source)}}, path)
+    meta = {"key": key, "data": source_name(source), "n": source_len(source)}
+    if extract_kwargs.get("flip"):
+        meta["flip"] = True
+    atomic_save({"features": have, "meta": meta}, path)
     return {n: have[n] for n in names}
 
 
