@@ -246,7 +246,7 @@ def test_stem_stride_is_checked_and_names_the_key():
     assert build_byol(cfg.model).backbone.conv1.kernel_size == (7, 7)
     cfg = load_config("fmnist_cpu1h")
     assert (cfg.model.stem_stride, cfg.model.small_stem, cfg.model.width,
-            cfg.model.last_stage_width) == (1, True, 16, 384)
+            cfg.model.last_stage_width) == (1, True, 16, 512)
     assert (cfg.model.feature_bn, cfg.model.feature_whiten) == (True, 0.01)
     quick = load_config("fmnist_quick").model  # the README's job keeps torchvision's features
     assert (quick.feature_bn, quick.feature_whiten) == (False, 0.0)
