@@ -250,11 +250,12 @@ def test_time_budget_resume_after_the_recheck_is_bitwise(tmp_path, monkeypatch):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
-def test_late_windows_sit_at_half_and_three_quarters_of_the_run():
-    # a 4,000-step session whose re-check ended at step 600: steps 1,600-2,000 and 2,600-3,000
-    assert budget.late_windows(0, 4000, 600) == [(1600, 2000), (2600, 3000)]
+def test_late_windows_sit_at_half_three_quarters_and_near_the_end_of_the_run():
+    # a 4,000-step session whose re-check ended at step 600: steps 1,600-2,000, 2,600-3,000
+    # and 3,400-3,680
+    assert budget.late_windows(0, 4000, 600) == [(1600, 2000), (2600, 3000), (3400, 3680)]
     # placed on the session's own steps, and only those still to come
-    assert budget.late_windows(1000, 5000, 2700) == [(3600, 4000)]
+    assert budget.late_windows(1000, 5000, 2700) == [(3600, 4000), (4400, 4680)]
     # none in a run whose re-check came late, nor where a window would span under 2 chunks
     assert budget.late_windows(0, 148, 100) == []
     assert budget.late_windows(0, 100, 0) == []
@@ -298,26 +299,37 @@ def test_a_late_check_shortens_the_count_on_a_machine_that_slowed_down(tmp_path,
 def test_the_first_late_check_lengthens_the_count_on_a_machine_that_sped_up(tmp_path, monkeypatch):
     # 3x faster after the re-check: at step 150, 110 s spent of 260 -> 150 + int(150 * .97 * 3)
     # = 586 steps; the later checks are placed on that count and hold it (they could only
-    # shorten it: at step 293, 293 + int(102 * .97 * 3) = 589 stays 586)
+    # shorten it: at step 293, 293 + int(102 * .97 * 3) = 589 stays 586; at 539 likewise)
     t, res, seen, counts, last = _late_run(tmp_path, monkeypatch, _FASTER)
     assert budget_steps(150, 110.0, 260.0, 3.0) == 586
-    assert budget.late_windows(0, 586, 150) == [(234, 293), (381, 440)]
-    assert seen == [50, 100, 150, 293, 440]
+    assert budget.late_windows(0, 586, 150) == [(234, 293), (381, 440), (498, 539)]
+    assert seen == [50, 100, 150, 293, 440, 539]
     assert res["steps"] == res["total_steps"] == 586
-    assert counts == [300, 301, 586, 586, 586]
+    assert counts == [300, 301, 586, 586, 586, 586]
     assert last["step"] == 586 and last["lr"] == pytest.approx(
         engine.warmup_cosine(585, 586, t.warmup_steps, t.peak_lr), abs=1e-9)
 
 
 def test_the_last_late_check_never_lengthens_the_run(tmp_path, monkeypatch):
     # the first late check (step 150, same rate) keeps ~the count: 150 + int(158 * .97) = 303;
-    # the second (step 227) reads 3x the rate: 227 + int(133 * .97 * 3) = 614, but no check
-    # would follow to correct it, so the run ends at 303
+    # the second (step 227) and the third (step 279) read 3x the rate: 227 + int(133 * .97 * 3)
+    # = 614, but they may only shorten the count, so the run ends at 303
     _, res, seen, counts, _ = _late_run(tmp_path, monkeypatch, _FASTER_LAST)
-    assert seen == [50, 100, 150, 227]
+    assert seen == [50, 100, 150, 227, 279]
     assert budget_steps(227, 127.0, 260.0, 3.0) > 303
     assert res["steps"] == res["total_steps"] == 303
-    assert counts == [300, 301, 303, 303]
+    assert counts == [300, 301, 303, 303, 303]
+
+
+def test_the_third_late_check_shortens_the_count_of_a_machine_that_kept_slowing(tmp_path, monkeypatch):
+    # 1 step/s through the second late check (303 steps, windows 197-227 and 258-279 on it),
+    # then half that: at step 279, 231 s spent -> 279 + int(29 * .97 * .5) = 293
+    reads = [(1.0, 2.0), (1.0, 52.0), (1.0, 102.0), (1.0, 179.0), (0.5, 231.0)]
+    _, res, seen, counts, _ = _late_run(tmp_path, monkeypatch, reads)
+    assert budget.late_windows(0, 303, 150) == [(197, 227), (258, 279)]
+    assert seen == [50, 100, 150, 227, 279]
+    assert counts == [300, 301, 303, 303, 293]
+    assert res["steps"] == res["total_steps"] == 293
 
 
 def test_time_budget_resume_after_a_late_check_is_bitwise(tmp_path, monkeypatch):

@@ -9,10 +9,12 @@ ended after 260 s of a 360-s budget). The re-check's rate is the median over equ
 window, so that a passing disturbance (another program starting on a 2-core machine) does not
 set the run's length: one such, during the re-check of a 7-minute quick run, cut it to 329 s.
 (The first probe's 40 steps are too few to split: chunks of 5 steps read up to a quarter faster
-than the run went on.) Two late checks (:func:`late_windows`, ending at half and at three
-quarters of the run, timed like the re-check) then correct the count: a machine that slows down
+than the run went on.) Three late checks (:func:`late_windows`, ending at half, three quarters
+and 92% of the run, timed like the re-check) then correct the count: a machine that slows down
 after the re-check (a VM that lost 12% of its speed half-way through a one-hour run took 65.5
-minutes) still ends within its budget. Only the first may lengthen it, and only when another
+minutes) still ends within its budget. (With two, a machine that kept slowing through the last
+quarter, 377 -> 365 -> ~340 images/s, ended a one-hour run 14 s past it.) Only the first may
+lengthen it, and only when another
 check follows it: a machine that sped up after the re-check uses its budget (a one-hour run
 that ran 10% faster after its re-check ended after 54 minutes), while the count the run ends on
 was always checked against a later rate. Every decision happens at a step number, the same on
@@ -42,7 +44,7 @@ BUDGET_CHUNKS = 8
 # The late checks' windows, as fractions of the session's steps (start, end): the first may
 # lengthen the count when another window follows it on the new count, the later ones only
 # shorten it.
-BUDGET_LATE = ((0.4, 0.5), (0.65, 0.75))
+BUDGET_LATE = ((0.4, 0.5), (0.65, 0.75), (0.85, 0.92))
 
 
 def budget_steps(done: int, elapsed_s: float, budget_s: float, steps_per_s: float,
