@@ -15,9 +15,8 @@ after the re-check (a VM that lost 12% of its speed half-way through a one-hour 
 minutes) still ends within its budget. (With two, a machine that kept slowing through the last
 quarter, 377 -> 365 -> ~340 images/s, ended a one-hour run 14 s past it.) Only the first may
 lengthen it, and only when another check follows it: a machine that sped up after the re-check
-uses its budget (a one-hour run
-that ran 10% faster after its re-check ended after 54 minutes), while the count the run ends on
-was always checked against a later rate. Every decision happens at a step number, the same on
+uses its budget (a one-hour run that ran 10% faster after its re-check ended after 54
+minutes), while the count the run ends on was always checked against a later rate. Every decision happens at a step number, the same on
 every process. A resumed run keeps the count stored in its checkpoint whatever its machine's
 speed.
 """
